@@ -1,0 +1,118 @@
+"""AudioDiT: blocks of AdaLayerNormZero + self-attention + caption cross-attention + MLP (seed 000 §2.1).
+
+The speech transcript (the ``<W>`` text) is tokenised, embedded and aligned with the noisy audio
+latents: token i sits beside latent i, the rest of the sequence gets a learned filler token, and the
+two are joined channel-wise before the input projection (the F5-TTS layout, our reading of "aligned and
+concatenated"). The sequence length therefore stays L_a, so audio latent j keeps position j on the
+shared timeline (UniTemp-RoPE eq. 1). The global caption (Qwen hidden states) is attended by every
+block's cross-attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+
+from alive_models.config import AudioDiTConfig
+from alive_models.geometry import unitemp_audio_positions
+from alive_models.layers.attention import Attention
+from alive_models.layers.embeddings import MLP, TimestepEmbedding
+from alive_models.layers.final import FinalLayer
+from alive_models.layers.norms import Modulation, layer_norm, modulate
+from alive_models.layers.rope import RotaryEmbedding
+
+
+@dataclass
+class AudioState:
+    """Activations between audio blocks."""
+
+    x: Tensor  # [B, L_a, D]
+    temb: Tensor  # [B, D]
+    caption: Tensor  # [B, Lc, caption_dim]
+    caption_mask: Tensor | None  # [B, Lc]
+    rope: tuple[Tensor, Tensor]
+
+
+class AudioBlock(nn.Module):
+    """AdaLayerNormZero -> self-attention (1D RoPE) -> caption cross-attention -> MLP."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, mlp_ratio: float, caption_dim: int) -> None:
+        super().__init__()
+        self.mod = Modulation(dim, dim, 6)
+        self.self_attn = Attention(dim, heads, head_dim)
+        self.cross_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.cross_attn = Attention(dim, heads, head_dim, context_dim=caption_dim)
+        self.mlp = MLP(dim, mlp_ratio)
+
+    def forward(self, state: AudioState) -> Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.mod(state.temb)
+        x = state.x
+        x = x + gate1[:, None] * self.self_attn(modulate(layer_norm(x), shift1, scale1), rope=state.rope)
+        x = x + self.cross_attn(self.cross_norm(x), state.caption, key_mask=state.caption_mask)
+        return x + gate2[:, None] * self.mlp(modulate(layer_norm(x), shift2, scale2))
+
+
+class AudioDiT(nn.Module):
+    """The audio tower. Inputs are audio latents [B, C, L_a]; output is their velocity."""
+
+    def __init__(self, config: AudioDiTConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        dim = c.hidden_dim
+        # Row ``vocab_size`` is the filler token for latents beyond the transcript.
+        self.transcript_embed = nn.Embedding(c.transcript_vocab_size + 1, c.transcript_dim)
+        self.in_proj = nn.Linear(c.in_channels + c.transcript_dim, dim)
+        self.caption_norm = nn.LayerNorm(c.caption_dim, eps=1e-6)
+        self.time_embed = TimestepEmbedding(c.timestep_freq_dim, dim)
+        self.rope = RotaryEmbedding((c.head_dim,), c.rope_theta)
+        self.blocks = nn.ModuleList(
+            AudioBlock(dim, c.num_heads, c.head_dim, c.mlp_ratio, c.caption_dim) for _ in range(c.num_blocks)
+        )
+        self.final = FinalLayer(dim, c.out_channels)
+
+    def align_transcript(self, ids: Tensor, mask: Tensor | None, length: int) -> Tensor:
+        """[B, Lw] token ids (+ padding mask) -> [B, length] ids with the filler token after the text."""
+        filler = self.config.transcript_vocab_size
+        if mask is not None:
+            ids = ids.masked_fill(~mask.bool(), filler)
+        if ids.shape[1] > length:
+            if (ids[:, length:] != filler).any():
+                raise ValueError(f"transcript has more tokens than the {length} audio latents it must align with")
+            ids = ids[:, :length]
+        return torch.nn.functional.pad(ids, (0, length - ids.shape[1]), value=filler)
+
+    def embed(
+        self,
+        latent: Tensor,
+        t: Tensor,
+        caption: Tensor,
+        caption_mask: Tensor | None = None,
+        transcript_ids: Tensor | None = None,
+        transcript_mask: Tensor | None = None,
+    ) -> AudioState:
+        """latent: [B, C, L_a]; t: [B]; caption: [B, Lc, caption_dim]; transcript_ids: [B, Lw] (None: silent)."""
+        c = self.config
+        if latent.shape[1] != c.in_channels:
+            raise ValueError(f"audio latent has {latent.shape[1]} channels, expected {c.in_channels}")
+        b, _, length = latent.shape
+        if transcript_ids is None:
+            transcript_ids = torch.empty(b, 0, dtype=torch.long, device=latent.device)
+        ids = self.align_transcript(transcript_ids, transcript_mask, length)
+        x = self.in_proj(torch.cat([latent.transpose(1, 2), self.transcript_embed(ids)], dim=-1))
+        rope = self.rope(unitemp_audio_positions(length).to(latent.device)[None, :, None])
+        return AudioState(x, self.time_embed(t), self.caption_norm(caption), caption_mask, rope)
+
+    def run_block(self, index: int, state: AudioState) -> AudioState:
+        return replace(state, x=self.blocks[index](state))
+
+    def head(self, state: AudioState) -> Tensor:
+        return self.final(state.x, state.temb).transpose(1, 2)
+
+    def forward(self, latent: Tensor, t: Tensor, caption: Tensor, **kwargs) -> Tensor:
+        """The tower alone (audio TTS pre-training, T2A)."""
+        state = self.embed(latent, t, caption, **kwargs)
+        for i in range(len(self.blocks)):
+            state = self.run_block(i, state)
+        return self.head(state)

@@ -1,0 +1,1 @@
+"""Building blocks shared by the towers and the fusion: attention, RoPE, norms, embeddings."""

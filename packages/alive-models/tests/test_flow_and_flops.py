@@ -1,0 +1,67 @@
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from alive_models import get_preset
+from alive_models.flops import SequenceLengths, forward_flops
+from alive_models.flow import add_noise, flow_loss, sample_timesteps, sampling_schedule, shift_time, velocity_target
+from alive_models.layers.attention import attention_backend
+from alive_models.testing import random_inputs
+
+
+def test_noising_endpoints_and_velocity():
+    x0, eps = torch.randn(3, 4, 5), torch.randn(3, 4, 5)
+    torch.testing.assert_close(add_noise(x0, eps, torch.zeros(3)), x0)
+    torch.testing.assert_close(add_noise(x0, eps, torch.ones(3)), eps)
+    t = torch.tensor([0.25, 0.5, 0.75])
+    xt = add_noise(x0, eps, t)
+    # Following the velocity from x_t for the remaining time lands on the noise.
+    torch.testing.assert_close(xt + (1 - t)[:, None, None] * velocity_target(x0, eps), eps)
+
+
+def test_time_shift_values():
+    t = torch.tensor([0.0, 0.5, 1.0])
+    torch.testing.assert_close(shift_time(t, 7.0), torch.tensor([0.0, 7 * 0.5 / (1 + 6 * 0.5), 1.0]))
+    assert shift_time(torch.tensor(0.1), 7.0) > 0.1
+    schedule = sampling_schedule(10)
+    assert schedule[0] == 1 and schedule[-1] == 0 and (schedule.diff() < 0).all()
+
+
+def test_timestep_sampling_is_seeded_and_shifted():
+    a = sample_timesteps(1000, generator=torch.Generator().manual_seed(0))
+    b = sample_timesteps(1000, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a, b)
+    assert ((a > 0) & (a < 1)).all()
+    assert a.median() > 0.8  # s=7 puts the median at 7*0.5/(1+3) = 0.875
+    with pytest.raises(ValueError):
+        sample_timesteps(2, distribution="beta")
+
+
+def test_flow_loss_sample_mask():
+    pred, target = torch.zeros(3, 2), torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    assert flow_loss(pred, target).item() == pytest.approx((1 + 4 + 9) / 3)
+    assert flow_loss(pred, target, torch.tensor([True, False, True])).item() == pytest.approx(5.0)
+    p = torch.zeros(3, 2, requires_grad=True)
+    loss = flow_loss(p, target, torch.zeros(3))
+    loss.backward()
+    assert loss.item() == 0 and p.grad is not None
+
+
+@pytest.mark.parametrize("mutual", [True, False])
+def test_flops_formula_matches_torch_flop_counter(tiny_model, tiny_config, mutual):
+    inputs = random_inputs(tiny_config, batch=2, i2v=True, references=2)
+    inputs.mutual = torch.tensor([mutual, mutual])
+    # The reference backend runs attention as einsums, which the counter sees.
+    with attention_backend("reference"), FlopCounterMode(display=False) as counter:
+        tiny_model(inputs)
+    assert forward_flops(tiny_config, SequenceLengths.from_inputs(inputs), batch=2, mutual=mutual) == (
+        counter.get_total_flops()
+    )
+
+
+def test_flops_of_alive_14b_at_480p_5s():
+    # 121 frames at 480x832 -> 31 x 60 x 104 latents; 5 s of audio at 25 latents/s.
+    lengths = SequenceLengths((31, 60, 104), audio_length=125, text_lengths=(256, 256), caption_length=256)
+    flops = forward_flops(get_preset("alive-14b"), lengths)
+    # ~2 * params * tokens for the linears (~11e9 * 2 * 48k = 1.1e15) plus attention over 48k tokens.
+    assert 1e15 < flops < 1e16

@@ -1,0 +1,3 @@
+"""alive_train: see the package README."""
+
+__version__ = "0.1.0"
