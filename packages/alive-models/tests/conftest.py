@@ -18,4 +18,3 @@ def tiny_model(tiny_config):
 @pytest.fixture
 def inputs(tiny_config):
     return random_inputs(tiny_config, batch=2, generator=torch.Generator().manual_seed(1))
-

@@ -4,7 +4,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from alive_models import get_preset
 from alive_models.flops import SequenceLengths, forward_flops
-from alive_models.flow import add_noise, flow_loss, sample_timesteps, sampling_schedule, shift_time, velocity_target
+from alive_models.flow import (
+    add_noise,
+    flow_loss,
+    sample_timesteps,
+    sampling_schedule,
+    shift_time,
+    velocity_target,
+)
 from alive_models.layers.attention import attention_backend
 from alive_models.testing import random_inputs
 

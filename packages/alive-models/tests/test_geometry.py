@@ -11,7 +11,9 @@ def test_unitemp_pinned_24fps_stride4_causal():
     # latent 2 = frames 5..8 = [5/24, 9/24) s, centre 7/24 s         -> 7.2916667 - 0.5 = 6.7916667
     # latent 3 = frames 9..12 = [9/24, 13/24) s, centre 11/24 s      -> 11.458333 - 0.5 = 10.958333
     timeline = Timeline(fps=24, temporal_stride=4, causal_first_frame=True, audio_latent_rate=25)
-    expected = torch.tensor([0.5 / 24 * 25 - 0.5, 2.625, 7 / 24 * 25 - 0.5, 11 / 24 * 25 - 0.5], dtype=torch.float64)
+    expected = torch.tensor(
+        [0.5 / 24 * 25 - 0.5, 2.625, 7 / 24 * 25 - 0.5, 11 / 24 * 25 - 0.5], dtype=torch.float64
+    )
     torch.testing.assert_close(unitemp_video_positions(4, timeline), expected)
     assert unitemp_video_positions(4, timeline)[1] == pytest.approx(2.625)
 
@@ -37,7 +39,9 @@ def test_video_positions_fall_inside_overlapping_audio_span():
 
 
 def test_audio_positions_are_integers():
-    torch.testing.assert_close(unitemp_audio_positions(5), torch.tensor([0.0, 1, 2, 3, 4], dtype=torch.float64))
+    torch.testing.assert_close(
+        unitemp_audio_positions(5), torch.tensor([0.0, 1, 2, 3, 4], dtype=torch.float64)
+    )
 
 
 def test_frame_counts():

@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+
 from alive_models import JointAVDiT, JointConfig, build_model, get_preset, i2v_condition
 from alive_models.config import FusionConfig
 from alive_models.fusion import relative_depth_pairing
@@ -36,7 +37,9 @@ def test_indep_samples_equal_standalone_towers(tiny_config, tiny_model, inputs):
     inputs.mutual = torch.tensor([False, True])
     out = tiny_model(inputs)
     alone_v = tiny_model.video(inputs.video, inputs.t_video, inputs.video_texts)
-    alone_a = tiny_model.audio(inputs.audio, inputs.t_audio, inputs.audio_caption, transcript_ids=inputs.transcript_ids)
+    alone_a = tiny_model.audio(
+        inputs.audio, inputs.t_audio, inputs.audio_caption, transcript_ids=inputs.transcript_ids
+    )
     torch.testing.assert_close(out.video[0], alone_v[0])
     torch.testing.assert_close(out.audio[0], alone_a[0])
     # The mutual sample did receive the other modality.
@@ -81,7 +84,9 @@ def test_i2v_condition_and_references_change_the_prediction(tiny_config, tiny_mo
 
 def test_reference_tokens_sit_at_negative_temporal_offsets(tiny_config, tiny_model):
     inputs = random_inputs(tiny_config, batch=1, references=2)
-    state = tiny_model.video.embed(inputs.video, inputs.t_video, inputs.video_texts, references=inputs.references)
+    state = tiny_model.video.embed(
+        inputs.video, inputs.t_video, inputs.video_texts, references=inputs.references
+    )
     phi = tiny_config.video.ref_temporal_offset
     per_ref = 2 * 3  # (4 / 2) * (6 / 2) tokens per reference image
     assert state.n_ref == 2 * per_ref
@@ -89,9 +94,12 @@ def test_reference_tokens_sit_at_negative_temporal_offsets(tiny_config, tiny_mod
     txt = state.txt.shape[1]
     cos_t = state.rope[0][0, :, 0]
     torch.testing.assert_close(cos_t[:txt], torch.ones(txt))
-    torch.testing.assert_close(cos_t[txt : txt + per_ref], torch.full((per_ref,), float(torch.cos(torch.tensor(-phi)))))
     torch.testing.assert_close(
-        cos_t[txt + per_ref : txt + 2 * per_ref], torch.full((per_ref,), float(torch.cos(torch.tensor(-2 * phi))))
+        cos_t[txt : txt + per_ref], torch.full((per_ref,), float(torch.cos(torch.tensor(-phi))))
+    )
+    torch.testing.assert_close(
+        cos_t[txt + per_ref : txt + 2 * per_ref],
+        torch.full((per_ref,), float(torch.cos(torch.tensor(-2 * phi)))),
     )
 
 
@@ -129,7 +137,9 @@ def test_bad_inputs_get_clear_errors(tiny_config, tiny_model, inputs):
         tiny_model(dataclasses.replace(inputs, video_texts=inputs.video_texts[:1]))
     with pytest.raises(ValueError, match="mutual"):
         tiny_model(dataclasses.replace(inputs, mutual=torch.tensor([True])))
-    bad = dataclasses.replace(tiny_config, fusion=FusionConfig(num_heads=2, head_dim=16, pairing=(0, 2, 1, 2)))
+    bad = dataclasses.replace(
+        tiny_config, fusion=FusionConfig(num_heads=2, head_dim=16, pairing=(0, 2, 1, 2))
+    )
     with pytest.raises(ValueError, match="pairing"):
         JointAVDiT(bad)
     with pytest.raises(NotImplementedError):
@@ -176,8 +186,14 @@ def test_config_round_trips_through_json(tiny_config):
 def test_alive_14b_matches_table_1():
     config = get_preset("alive-14b")
     v, a = config.video, config.audio
-    assert (v.num_dual_blocks, v.num_single_blocks, v.in_channels, v.out_channels, v.num_heads, v.head_dim) == (
-        16, 40, 36, 16, 24, 128)
+    assert (
+        v.num_dual_blocks,
+        v.num_single_blocks,
+        v.in_channels,
+        v.out_channels,
+        v.num_heads,
+        v.head_dim,
+    ) == (16, 40, 36, 16, 24, 128)
     assert (a.num_blocks, a.in_channels, a.out_channels, a.num_heads, a.head_dim) == (32, 32, 32, 24, 64)
     with torch.device("meta"):
         summary = parameter_summary(JointAVDiT(config))

@@ -11,8 +11,11 @@ from alive_models.layers.rope import RotaryEmbedding, apply_rotary, apply_rotary
 
 def qkv(b=2, lq=7, lk=9, h=3, d=16, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, lq, h, d, generator=g), torch.randn(b, lk, h, d, generator=g),
-            torch.randn(b, lk, h, d, generator=g))
+    return (
+        torch.randn(b, lq, h, d, generator=g),
+        torch.randn(b, lk, h, d, generator=g),
+        torch.randn(b, lk, h, d, generator=g),
+    )
 
 
 def test_sdpa_matches_reference_with_and_without_mask():
@@ -63,7 +66,9 @@ def complex_rope_reference(x, positions, axes_dims, theta):
         freqs = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
         angles.append(positions[..., axis, None].double() * freqs)
     angles = torch.cat(angles, dim=-1)[:, :, None]  # [B, L, 1, D/2]
-    z = torch.complex(x[..., :half].double(), x[..., half:].double()) * torch.polar(torch.ones_like(angles), angles)
+    z = torch.complex(x[..., :half].double(), x[..., half:].double()) * torch.polar(
+        torch.ones_like(angles), angles
+    )
     return torch.cat([z.real, z.imag], dim=-1).to(x.dtype)
 
 
@@ -74,16 +79,23 @@ def test_rope_matches_complex_reference_and_is_relative():
     x = torch.randn(1, 5, 2, 16, generator=g)
     pos = torch.randn(1, 5, 3, generator=g) * 10  # real-valued, negative too
     cos, sin = rope(pos)
-    torch.testing.assert_close(apply_rotary(x, cos, sin), complex_rope_reference(x, pos, axes, 100.0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        apply_rotary(x, cos, sin), complex_rope_reference(x, pos, axes, 100.0), atol=1e-5, rtol=1e-4
+    )
     # Scores depend only on position differences.
     q, k = torch.randn(1, 1, 1, 16, generator=g), torch.randn(1, 1, 1, 16, generator=g)
+
     def score(pq, pk):
         cq, sq = rope(torch.tensor([[pq]]))
         ck, sk = rope(torch.tensor([[pk]]))
         return (apply_rotary(q, cq, sq) * apply_rotary(k, ck, sk)).sum()
-    torch.testing.assert_close(score([1.5, 2, 3], [0.25, 1, 1]), score([11.5, 7, 9], [10.25, 6, 7]), atol=1e-5, rtol=1e-5)
-    q2, k2 = apply_rotary_qk(x, x, cos, sin)
+
+    torch.testing.assert_close(
+        score([1.5, 2, 3], [0.25, 1, 1]), score([11.5, 7, 9], [10.25, 6, 7]), atol=1e-5, rtol=1e-5
+    )
+    q2, k2 = apply_rotary_qk(x, 2 * x, cos, sin)
     torch.testing.assert_close(q2, apply_rotary(x, cos, sin))
+    torch.testing.assert_close(k2, apply_rotary(2 * x, cos, sin))
 
 
 def test_rope_buffers_rebuild_on_reset():

@@ -79,7 +79,9 @@ class AudioDiT(nn.Module):
             ids = ids.masked_fill(~mask.bool(), filler)
         if ids.shape[1] > length:
             if (ids[:, length:] != filler).any():
-                raise ValueError(f"transcript has more tokens than the {length} audio latents it must align with")
+                raise ValueError(
+                    f"transcript has more tokens than the {length} audio latents it must align with"
+                )
             ids = ids[:, :length]
         return torch.nn.functional.pad(ids, (0, length - ids.shape[1]), value=filler)
 
@@ -92,7 +94,7 @@ class AudioDiT(nn.Module):
         transcript_ids: Tensor | None = None,
         transcript_mask: Tensor | None = None,
     ) -> AudioState:
-        """latent: [B, C, L_a]; t: [B]; caption: [B, Lc, caption_dim]; transcript_ids: [B, Lw] (None: silent)."""
+        """latent: [B, C, L_a]; t: [B]; caption: [B, Lc, caption_dim]; transcript_ids: [B, Lw] or None."""
         c = self.config
         if latent.shape[1] != c.in_channels:
             raise ValueError(f"audio latent has {latent.shape[1]} channels, expected {c.in_channels}")

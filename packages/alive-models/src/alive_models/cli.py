@@ -1,7 +1,7 @@
 """``alive-models``: inspect model configurations and check that a model runs.
 
-    alive-models summary --preset alive-14b [--json]   parameter counts per tower and part (meta device)
-    alive-models smoke [--preset tiny] [--steps 1]     one training step of the joint model on CPU
+alive-models summary --preset alive-14b [--json]   parameter counts per tower and part (meta device)
+alive-models smoke [--preset tiny] [--steps 1]     one training step of the joint model on CPU
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _smoke(args: argparse.Namespace) -> int:
-    from alive_models.flow import add_noise, flow_loss, sample_timesteps, velocity_target
     from alive_models.flops import SequenceLengths, forward_flops
+    from alive_models.flow import add_noise, flow_loss, sample_timesteps, velocity_target
     from alive_models.testing import random_inputs
 
     config = get_preset(args.preset)

@@ -47,7 +47,9 @@ class VideoDiTConfig:
 
     def __post_init__(self) -> None:
         if sum(self.rope_axes_dims) != self.head_dim or any(d % 2 for d in self.rope_axes_dims):
-            raise ValueError(f"rope_axes_dims {self.rope_axes_dims} must be even and sum to head_dim {self.head_dim}")
+            raise ValueError(
+                f"rope_axes_dims {self.rope_axes_dims} must be even and sum to head_dim {self.head_dim}"
+            )
         cond = 2 * self.latent_channels + self.mask_channels
         if self.in_channels not in (self.latent_channels, cond):
             raise ValueError(

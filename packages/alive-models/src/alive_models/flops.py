@@ -82,7 +82,11 @@ def forward_flops(config: JointConfig, lengths: SequenceLengths, batch: int = 1,
     # Fusion (TA-CrossAttn): skipped entirely in the indep state.
     if mutual:
         total += _linear(1, dv, 3 * dv) + _linear(1, da, 3 * da)
-        v_from_a = _linear(clip, dv, df) + _linear(la, da, 2 * df) + _attention(clip, la, df) + _linear(clip, df, dv)
-        a_from_v = _linear(la, da, df) + _linear(clip, dv, 2 * df) + _attention(la, clip, df) + _linear(la, df, da)
+        v_from_a = (
+            _linear(clip, dv, df) + _linear(la, da, 2 * df) + _attention(clip, la, df) + _linear(clip, df, dv)
+        )
+        a_from_v = (
+            _linear(la, da, df) + _linear(clip, dv, 2 * df) + _attention(la, clip, df) + _linear(la, df, da)
+        )
         total += v.num_blocks * v_from_a + v.num_dual_blocks * a_from_v
     return batch * total

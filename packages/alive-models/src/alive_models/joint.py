@@ -132,7 +132,9 @@ def reset_all(module: nn.Module) -> None:
         m.reset_parameters()
 
 
-def build_model(config: JointConfig, device: str | torch.device = "cpu", seed: int | None = None) -> JointAVDiT:
+def build_model(
+    config: JointConfig, device: str | torch.device = "cpu", seed: int | None = None
+) -> JointAVDiT:
     """Build on ``device``; on "meta" the model has shapes only (summaries, FSDP before materialising)."""
     with torch.device("meta"):
         model = JointAVDiT(config)

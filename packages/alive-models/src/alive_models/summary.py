@@ -62,6 +62,8 @@ def format_summary(name: str, summary: dict[str, object]) -> str:
     parts: dict[str, int] = summary["parts"]  # type: ignore[assignment]
     for tower in ("video", "audio", "fusion"):
         lines.append(f"{tower:<28}{fmt(summary[tower]):>14}")  # type: ignore[arg-type]
-        lines += [f"  {k.split('.', 1)[1]:<26}{fmt(v):>14}" for k, v in parts.items() if k.startswith(tower + ".")]
+        lines += [
+            f"  {k.split('.', 1)[1]:<26}{fmt(v):>14}" for k, v in parts.items() if k.startswith(tower + ".")
+        ]
     lines.append(f"{'total':<28}{fmt(summary['total']):>14}")  # type: ignore[arg-type]
     return "\n".join(lines)

@@ -25,7 +25,11 @@ def random_inputs(
 ) -> JointInputs:
     """Gaussian latents and encodings; the audio length follows the clip duration on the timeline."""
     v, a, tl = config.video, config.audio, config.timeline
-    frames = (latent_frames - 1) * tl.temporal_stride + 1 if tl.causal_first_frame else latent_frames * tl.temporal_stride
+    frames = (
+        (latent_frames - 1) * tl.temporal_stride + 1
+        if tl.causal_first_frame
+        else latent_frames * tl.temporal_stride
+    )
     audio_length = math.ceil(frames / tl.fps * tl.audio_latent_rate)
     text_lengths = text_lengths or tuple(5 + 2 * i for i in range(len(v.text_dims)))
 
@@ -35,7 +39,9 @@ def random_inputs(
     video = randn(batch, v.latent_channels, latent_frames, height, width)
     condition = None
     if i2v:
-        condition = i2v_condition(randn(batch, v.latent_channels, 1, height, width), latent_frames, v.mask_channels)
+        condition = i2v_condition(
+            randn(batch, v.latent_channels, 1, height, width), latent_frames, v.mask_channels
+        )
     return JointInputs(
         video=video,
         audio=randn(batch, a.in_channels, audio_length),
@@ -43,7 +49,9 @@ def random_inputs(
         t_audio=torch.rand(batch, generator=generator),
         video_texts=[randn(batch, n, d) for n, d in zip(text_lengths, v.text_dims, strict=True)],
         audio_caption=randn(batch, caption_length, a.caption_dim),
-        transcript_ids=torch.randint(0, a.transcript_vocab_size, (batch, transcript_length), generator=generator),
+        transcript_ids=torch.randint(
+            0, a.transcript_vocab_size, (batch, transcript_length), generator=generator
+        ),
         video_condition=condition,
         references=randn(batch, references, v.latent_channels, height, width) if references else None,
     )

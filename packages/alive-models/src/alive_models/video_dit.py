@@ -59,7 +59,9 @@ class DualStreamBlock(nn.Module):
         self.vid_mlp = MLP(dim, mlp_ratio)
         self.txt_mlp = MLP(dim, mlp_ratio)
 
-    def forward(self, txt: Tensor, vid: Tensor, temb: Tensor, key_mask: Tensor | None, rope) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, txt: Tensor, vid: Tensor, temb: Tensor, key_mask: Tensor | None, rope
+    ) -> tuple[Tensor, Tensor]:
         v_shift1, v_scale1, v_gate1, v_shift2, v_scale2, v_gate2 = self.vid_mod(temb)
         t_shift1, t_scale1, t_gate1, t_shift2, t_scale2, t_gate2 = self.txt_mod(temb)
         xt = modulate(layer_norm(txt), t_shift1, t_scale1)
@@ -81,7 +83,7 @@ class DualStreamBlock(nn.Module):
 
 
 class SingleStreamBlock(nn.Module):
-    """Flux-style single-stream block: one fused projection to (q, k, v, mlp), attention and MLP in parallel."""
+    """Flux-style single-stream block: one fused projection to q, k, v and MLP; attention, MLP in parallel."""
 
     def __init__(self, dim: int, heads: int, head_dim: int, mlp_ratio: float) -> None:
         super().__init__()
@@ -94,7 +96,9 @@ class SingleStreamBlock(nn.Module):
         self.norm_k = RMSNorm(head_dim)
         self.linear2 = nn.Linear(self.inner + self.mlp_hidden, dim)
 
-    def forward(self, txt: Tensor, vid: Tensor, temb: Tensor, key_mask: Tensor | None, rope) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, txt: Tensor, vid: Tensor, temb: Tensor, key_mask: Tensor | None, rope
+    ) -> tuple[Tensor, Tensor]:
         shift, scale, gate = self.mod(temb)
         x = torch.cat([txt, vid], dim=1)
         h = self.linear1(modulate(layer_norm(x), shift, scale))
@@ -183,7 +187,9 @@ class VideoDiT(nn.Module):
         n_ref = 0
         if references is not None:
             if references.shape[-2:] != latent.shape[-2:]:
-                raise ValueError(f"references {tuple(references.shape)} and latent {tuple(latent.shape)} differ in H, W")
+                raise ValueError(
+                    f"references {tuple(references.shape)} and latent {tuple(latent.shape)} differ in H, W"
+                )
             ref = self._reference_input(references)
             n_ref = ref.shape[2] * grid[1] * grid[2]
             vid = torch.cat([self.patch_embed(patchify(ref, c.patch_size)), vid], dim=1)
@@ -195,8 +201,10 @@ class VideoDiT(nn.Module):
         masks = text_masks or [None] * len(texts)
         key_mask = None
         if any(m is not None for m in masks):
-            parts = [torch.ones(e.shape[:2], dtype=torch.bool, device=e.device) if m is None else m.bool()
-                     for e, m in zip(texts, masks, strict=True)]
+            parts = [
+                torch.ones(e.shape[:2], dtype=torch.bool, device=e.device) if m is None else m.bool()
+                for e, m in zip(texts, masks, strict=True)
+            ]
             parts.append(torch.ones(b, vid.shape[1], dtype=torch.bool, device=vid.device))
             key_mask = torch.cat(parts, dim=1)
 

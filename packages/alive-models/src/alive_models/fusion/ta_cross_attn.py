@@ -32,7 +32,9 @@ from alive_models.video_dit import VideoDiT, VideoState
 
 def relative_depth_pairing(num_video_blocks: int, num_audio_blocks: int) -> tuple[int, ...]:
     """For each video block i, the audio block reached at the same relative depth: ceil((i+1)Na/Nv) - 1."""
-    return tuple(math.ceil((i + 1) * num_audio_blocks / num_video_blocks) - 1 for i in range(num_video_blocks))
+    return tuple(
+        math.ceil((i + 1) * num_audio_blocks / num_video_blocks) - 1 for i in range(num_video_blocks)
+    )
 
 
 class TACrossAttention(nn.Module):
@@ -45,7 +47,9 @@ class TACrossAttention(nn.Module):
         self.attn = Attention(query_dim, heads, head_dim, context_dim=context_dim)
         self.out_norm = OutputAdaLN(query_dim)
 
-    def forward(self, x: Tensor, context: Tensor, time_mod: Tensor, rope_x: Rope, rope_context: Rope) -> Tensor:
+    def forward(
+        self, x: Tensor, context: Tensor, time_mod: Tensor, rope_x: Rope, rope_context: Rope
+    ) -> Tensor:
         update = self.attn(self.norm_x(x), self.norm_context(context), rope_q=rope_x, rope_k=rope_context)
         return self.out_norm(update, time_mod)
 
@@ -58,9 +62,13 @@ class TACrossAttnFusion(nn.Module):
         v, a, f = config.video, config.audio, config.fusion
         self.timeline = config.timeline
         self.num_dual = v.num_dual_blocks
-        self.pairing = f.pairing if f.pairing is not None else relative_depth_pairing(v.num_blocks, a.num_blocks)
+        self.pairing = (
+            f.pairing if f.pairing is not None else relative_depth_pairing(v.num_blocks, a.num_blocks)
+        )
         if len(self.pairing) != v.num_blocks or list(self.pairing) != sorted(self.pairing):
-            raise ValueError(f"pairing must give a non-decreasing audio block for each of {v.num_blocks} video blocks")
+            raise ValueError(
+                f"pairing must give a non-decreasing audio block for each of {v.num_blocks} video blocks"
+            )
         if not all(0 <= j < a.num_blocks for j in self.pairing):
             raise ValueError(f"pairing refers to audio blocks outside 0..{a.num_blocks - 1}")
         dv, da = v.hidden_dim, a.hidden_dim

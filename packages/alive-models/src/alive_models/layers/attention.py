@@ -38,7 +38,12 @@ def attention_backend(backend: Backend) -> Iterator[None]:
 
 
 def _flash_usable(q: Tensor, key_mask: Tensor | None) -> bool:
-    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and key_mask is None and flash_attn_installed()
+    return (
+        q.is_cuda
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and key_mask is None
+        and flash_attn_installed()
+    )
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
@@ -62,7 +67,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -
         backend = "flash" if _flash_usable(q, key_mask) else "sdpa"
     if backend == "flash":
         if not _flash_usable(q, key_mask):
-            raise RuntimeError("flash-attn backend needs flash_attn installed, CUDA fp16/bf16 inputs and no key mask")
+            raise RuntimeError(
+                "flash-attn backend needs flash_attn installed, CUDA fp16/bf16 inputs and no key mask"
+            )
         from flash_attn import flash_attn_func
 
         out = flash_attn_func(q, k, v)
@@ -101,7 +108,12 @@ class Attention(nn.Module):
     """
 
     def __init__(
-        self, query_dim: int, heads: int, head_dim: int, context_dim: int | None = None, out_dim: int | None = None
+        self,
+        query_dim: int,
+        heads: int,
+        head_dim: int,
+        context_dim: int | None = None,
+        out_dim: int | None = None,
     ) -> None:
         super().__init__()
         inner = heads * head_dim

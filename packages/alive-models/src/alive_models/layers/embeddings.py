@@ -55,7 +55,9 @@ def patchify(x: Tensor, patch: tuple[int, int, int]) -> Tensor:
     return x.reshape(b, (t // pt) * (h // ph) * (w // pw), c * pt * ph * pw)
 
 
-def unpatchify(tokens: Tensor, grid: tuple[int, int, int], patch: tuple[int, int, int], channels: int) -> Tensor:
+def unpatchify(
+    tokens: Tensor, grid: tuple[int, int, int], patch: tuple[int, int, int], channels: int
+) -> Tensor:
     """Inverse of :func:`patchify` for a token grid (T/pt, H/ph, W/pw)."""
     b = tokens.shape[0]
     gt, gh, gw = grid

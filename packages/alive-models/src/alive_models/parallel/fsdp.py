@@ -17,7 +17,9 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 
-def mixed_precision(param_dtype: torch.dtype | None = torch.bfloat16, reduce_dtype: torch.dtype | None = torch.float32):
+def mixed_precision(
+    param_dtype: torch.dtype | None = torch.bfloat16, reduce_dtype: torch.dtype | None = torch.float32
+):
     """Compute in ``param_dtype``, reduce gradients in ``reduce_dtype``; master weights stay fp32.
 
     ``None`` keeps the parameters' own dtype (fp32 everywhere: the exact-parity setting for tests).

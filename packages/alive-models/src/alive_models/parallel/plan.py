@@ -10,7 +10,12 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from alive_models.joint import JointAVDiT
-from alive_models.parallel.fsdp import apply_activation_checkpointing, apply_compile, apply_fsdp, mixed_precision
+from alive_models.parallel.fsdp import (
+    apply_activation_checkpointing,
+    apply_compile,
+    apply_fsdp,
+    mixed_precision,
+)
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,9 @@ def block_lists(model: JointAVDiT) -> list[nn.ModuleList]:
     return lists
 
 
-def parallelize_joint(model: JointAVDiT, mesh: DeviceMesh | None, plan: ParallelPlan = ParallelPlan()) -> JointAVDiT:
+def parallelize_joint(
+    model: JointAVDiT, mesh: DeviceMesh | None, plan: ParallelPlan = ParallelPlan()
+) -> JointAVDiT:
     """Apply AC, compile and FSDP2 to ``model`` in place, in that order; idempotent. Returns ``model``.
 
     Works on a meta-device model (materialise afterwards with ``materialize``, which then allocates
