@@ -5,7 +5,8 @@ from hypothesis import strategies as st
 from alive_models.caption import Caption, CaptionError, Speech, build_caption, check_caption, parse_caption
 
 PAPER_EXAMPLE = (
-    "Subjects: Subject1: A man in a purple shirt with a clear voice. Subject2: A bearded man with a deep voice. "
+    "Subjects: Subject1: A man in a purple shirt with a clear voice. "
+    "Subject2: A bearded man with a deep voice. "
     "Visual: A modern kitchen with grey cabinets. Narration: Subject1 points to Subject2 and says "
     "<W>The vegetables are sold out</W> accompanied by <I>sizzling steak sounds</I>. "
     "Subject2 turns around to cut vegetables."
@@ -132,10 +133,8 @@ def test_build_then_parse_round_trips(parts):
     assert isinstance(parsed, Caption)
 
 
-caption_alphabet = st.sampled_from(
-    list("abc <>/WI:.!? \n")
-    + ["Subjects:", "Visual:", "Narration:", "Subject1", "Subject2:", "<W>", "</W>", "<I>", "</I>"]
-)
+MARKERS = ["Subjects:", "Visual:", "Narration:", "Subject1", "Subject2:", "<W>", "</W>", "<I>", "</I>"]
+caption_alphabet = st.sampled_from([*"abc <>/WI:.!? \n", *MARKERS])
 
 
 @settings(max_examples=500, deadline=None)
