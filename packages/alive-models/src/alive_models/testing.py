@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -65,3 +66,79 @@ def randomize_zero_inits(model: torch.nn.Module, seed: int = 0, scale: float = 0
         for p in model.parameters():
             if not p.any():
                 p.copy_(scale * torch.randn(p.shape, generator=g).to(p.dtype))
+
+
+TINY_CORPUS = (
+    "Subjects: Subject1: A man with a clear voice. Visual: A kitchen. Narration: Subject1 says hello "
+    "the vegetables are sold out accompanied by sizzling steak sounds footsteps rain door opening"
+)
+
+
+def save_tiny_text_models(
+    root: Path, t5_dim: int = 24, qwen_dim: int = 20, seed: int = 0
+) -> tuple[Path, Path]:
+    """Write a tiny random T5 encoder and a tiny Qwen2 LM in Hugging Face format under ``root``;
+    returns (t5_dir, qwen_dir). For tests and the demo only.
+
+    Their tokenizers are trained here and are of the real kinds (Unigram with Metaspace for T5,
+    byte-level BPE for Qwen), because AutoTokenizer loads them through the model type's own
+    tokenizer class, exactly as it does real checkpoints.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, T5Config, T5EncoderModel
+
+    corpus = [TINY_CORPUS] * 3
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    bpe.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=alphabet),
+    )
+    qwen_tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+    unigram = Tokenizer(models.Unigram())
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    unigram.decoder = decoders.Metaspace()
+    unigram.train_from_iterator(
+        corpus,
+        trainers.UnigramTrainer(vocab_size=100, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"),
+    )
+    t5_tok = PreTrainedTokenizerFast(
+        tokenizer_object=unigram, eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+    torch.manual_seed(seed)
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tok),
+            d_model=t5_dim,
+            d_kv=8,
+            d_ff=2 * t5_dim,
+            num_layers=2,
+            num_heads=2,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
+    eos = qwen_tok.eos_token_id
+    qwen = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=len(qwen_tok),
+            hidden_size=qwen_dim,
+            intermediate_size=2 * qwen_dim,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            pad_token_id=eos,
+            eos_token_id=eos,
+            bos_token_id=eos,
+        )
+    )
+    dirs = (root / "t5", root / "qwen")
+    for model, tokenizer, directory in zip((t5, qwen), (t5_tok, qwen_tok), dirs, strict=True):
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+    return dirs
