@@ -164,3 +164,27 @@ def decode_clip(video: BytesOrPath, fps: float, sample_rate: int, audio: bytes |
     if not np.isfinite(wave).all():
         raise MediaError("nan", "non-finite audio samples")
     return Clip(frames, fps, wave, sample_rate)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """A JPEG/PNG image as uint8 [H, W, 3]."""
+    try:
+        with _open(data) as container:
+            frame = next(container.decode(video=0))
+            return frame.to_ndarray(format="rgb24")
+    except (av.FFmpegError, StopIteration, ValueError, OSError) as e:
+        raise MediaError("undecodable_image", str(e)) from e
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 2) -> bytes:
+    """uint8 [H, W, 3] -> JPEG bytes (MJPEG qscale ``quality``, 2 = best)."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mjpeg") as container:
+        stream = container.add_stream("mjpeg", rate=1)
+        stream.height, stream.width = image.shape[:2]
+        stream.pix_fmt = "yuvj444p"
+        stream.options = {"qscale": str(quality)}
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    return buffer.getvalue()

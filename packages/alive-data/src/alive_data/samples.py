@@ -69,18 +69,22 @@ def _load_npy(data: bytes, name: str) -> np.ndarray:
 
 
 def load_sample(
-    raw: dict[str, Any], fps: float, sample_rate: int, use_latents: bool, latent_geometry: dict | None = None
+    raw: dict[str, Any], fps: float, sample_rate: int, use_latents: bool, codecs: dict[str, str] | None = None
 ) -> Sample:
-    """Metadata + caption + (latents or decoded media). ``latent_geometry`` must match the cache's."""
+    """Metadata + caption + (latents or decoded media).
+
+    ``codecs`` ({"video": spec, "audio": spec}) must name the codecs the latents were cached with.
+    """
     meta, caption = read_metadata(raw)
     key = raw["__key__"]
     if use_latents:
         if "video_latent.npy" not in raw or "audio_latent.npy" not in raw:
             raise BadSample("missing_latents")
-        if latent_geometry is not None:
-            cached = {k: meta.get("latents", {}).get(k) for k in ("video", "audio")}
-            if cached != latent_geometry:
-                raise BadSample("latent_geometry", f"cached {cached}, expected {latent_geometry}")
+        if codecs is not None:
+            cached = meta.get("latents", {})
+            cached = {"video": cached.get("video_codec"), "audio": cached.get("audio_codec")}
+            if cached != codecs:
+                raise BadSample("latent_codec", f"cached with {cached}, expected {codecs}")
         video = _load_npy(raw["video_latent.npy"], "video_latent")
         audio = _load_npy(raw["audio_latent.npy"], "audio_latent")
         return Sample(

@@ -37,7 +37,11 @@ def expand_urls(spec: str | list[str]) -> list[str]:
         return sorted(str(p) for p in path.glob("*.tar"))
     if any(c in spec for c in "*?["):
         return sorted(glob.glob(spec))
-    return list(wds.shardlists.expand_urls(spec))
+    urls = list(wds.shardlists.expand_urls(spec))
+    missing = [u for u in urls if not Path(u).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} shard(s) not found, e.g. {missing[0]}")
+    return urls
 
 
 def iter_samples(urls: list[str], on_error: Callable[[str, Exception], None]) -> Iterator[dict]:

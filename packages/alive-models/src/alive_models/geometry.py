@@ -45,6 +45,11 @@ class Timeline:
             raise ValueError(f"{num_frames} frames: stride {s} needs a multiple of {s}")
         return num_frames // s
 
+    def num_frames(self, num_latents: int) -> int:
+        """Pixel frames that ``num_latents`` video latents cover (inverse of :meth:`num_video_latents`)."""
+        s = self.temporal_stride
+        return 1 + (num_latents - 1) * s if self.causal_first_frame else num_latents * s
+
     def video_latent_spans(self, num_latents: int) -> Tensor:
         """[num_latents, 2] first and last (inclusive) pixel frame covered by each video latent."""
         i = torch.arange(num_latents, dtype=torch.float64)
