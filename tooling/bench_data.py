@@ -2,8 +2,9 @@
 
     uv run python tooling/bench_data.py [--clips 48] [--seconds 2] [--size 96x128]
 
-Writes synthetic clips (PyAV) into shards twice, once as mp4 + flac and once as cached latents
-(the deterministic codec, so no weights are needed), then reads both through the stage pipeline:
+Writes synthetic clips (PyAV) into shards twice, once as mp4 + flac and once as cached latents from a
+tiny random Wan2.1-format VAE and Oobleck VAE (real latent sizes: 16 channels at 1/8 x 1/8 x 1/4 for
+video), then reads both through the stage pipeline:
 1. decode-from-mp4 vs cached-latent reading, samples/s and the ratio (1 worker each);
 2. loader throughput with 1 vs 2 DataLoader workers (mp4 decoding).
 """
@@ -19,7 +20,26 @@ from alive_data.pipeline import AVStream, PipelineConfig, ResumableLoader
 from alive_data.synthetic import make_clips
 from alive_data.writer import WriteOptions, write_shards
 
-CODEC = "deterministic:spatial_stride=8,temporal_stride=4"
+
+def save_tiny_vaes(root: Path) -> tuple[str, str]:
+    """Random Wan2.1 / Oobleck VAEs with the real geometry, saved as local HF directories."""
+    import torch
+    from diffusers import AutoencoderKLWan, AutoencoderOobleck
+
+    torch.manual_seed(0)
+    AutoencoderKLWan(
+        base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    ).save_pretrained(root / "wan")
+    AutoencoderOobleck(
+        encoder_hidden_size=16,
+        downsampling_ratios=[2, 4, 4, 5, 4],
+        channel_multiples=[1, 2, 2, 2, 2],
+        decoder_channels=8,
+        decoder_input_channels=32,
+        audio_channels=1,
+        sampling_rate=16_000,
+    ).save_pretrained(root / "oobleck")
+    return f"wan:{root / 'wan'}", f"oobleck:{root / 'oobleck'}"
 
 
 def samples_per_second(config: dict, workers: int) -> tuple[float, int]:
@@ -41,8 +61,9 @@ def main() -> None:
         items = make_clips(root / "src", args.clips, seconds=args.seconds)
         options = WriteOptions(size=(height, width))
         write_shards(items, root / "mp4", options, shard_samples=8, workers=2, progress=False)
+        video_codec, audio_codec = save_tiny_vaes(root)
         cached = WriteOptions(
-            size=(height, width), video_codec=CODEC, audio_codec="deterministic", latents_only=True
+            size=(height, width), video_codec=video_codec, audio_codec=audio_codec, latents_only=True
         )
         write_shards(items, root / "latents", cached, shard_samples=8, workers=2, progress=False)
         frames = 1 + 4 * ((round(args.seconds * 24) - 1) // 4)
@@ -54,7 +75,7 @@ def main() -> None:
         latents = {
             **mp4,
             "sources": [{"name": "a", "urls": str(root / "latents")}],
-            "latents": {"video": CODEC, "audio": "deterministic"},
+            "latents": {"video": video_codec, "audio": audio_codec},
             "buckets": {"batch_size": 4, "latent_frames": [(frames - 1) // 4 + 1]},
         }
         decode_rate, n1 = samples_per_second(mp4, 1)

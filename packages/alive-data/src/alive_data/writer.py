@@ -111,6 +111,8 @@ def read_manifest(manifest: Path) -> list[SourceItem]:
 def fit_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize [F, H, W, 3] uint8 to cover ``size`` (height, width), then centre-crop."""
     height, width = size
+    if frames.shape[1:3] == (height, width):
+        return frames
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     scale = max(height / x.shape[2], width / x.shape[3])
     new = (max(height, round(x.shape[2] * scale)), max(width, round(x.shape[3] * scale)))
