@@ -19,27 +19,7 @@ from pathlib import Path
 from alive_data.pipeline import AVStream, PipelineConfig, ResumableLoader
 from alive_data.synthetic import make_clips
 from alive_data.writer import WriteOptions, write_shards
-
-
-def save_tiny_vaes(root: Path) -> tuple[str, str]:
-    """Random Wan2.1 / Oobleck VAEs with the real geometry, saved as local HF directories."""
-    import torch
-    from diffusers import AutoencoderKLWan, AutoencoderOobleck
-
-    torch.manual_seed(0)
-    AutoencoderKLWan(
-        base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-    ).save_pretrained(root / "wan")
-    AutoencoderOobleck(
-        encoder_hidden_size=16,
-        downsampling_ratios=[2, 4, 4, 5, 4],
-        channel_multiples=[1, 2, 2, 2, 2],
-        decoder_channels=8,
-        decoder_input_channels=32,
-        audio_channels=1,
-        sampling_rate=16_000,
-    ).save_pretrained(root / "oobleck")
-    return f"wan:{root / 'wan'}", f"oobleck:{root / 'oobleck'}"
+from alive_models.testing import save_tiny_vaes
 
 
 def samples_per_second(config: dict, workers: int) -> tuple[float, int]:
@@ -61,7 +41,8 @@ def main() -> None:
         items = make_clips(root / "src", args.clips, seconds=args.seconds)
         options = WriteOptions(size=(height, width))
         write_shards(items, root / "mp4", options, shard_samples=8, workers=2, progress=False)
-        video_codec, audio_codec = save_tiny_vaes(root)
+        wan, oobleck = save_tiny_vaes(root, audio_channels=32)
+        video_codec, audio_codec = f"wan:{wan}", f"oobleck:{oobleck}"
         cached = WriteOptions(
             size=(height, width), video_codec=video_codec, audio_codec=audio_codec, latents_only=True
         )

@@ -11,6 +11,7 @@ from alive_models.codecs import (
     WanVideoCodec,
     timeline_for,
 )
+from alive_models.testing import save_tiny_vaes
 
 
 def test_deterministic_video_codec_round_trips_exactly_with_wan_geometry():
@@ -53,16 +54,13 @@ def test_deterministic_audio_codec():
 
 
 @pytest.fixture(scope="module")
-def wan_dir(tmp_path_factory):
-    from diffusers import AutoencoderKLWan
+def vae_dirs(tmp_path_factory):
+    return save_tiny_vaes(tmp_path_factory.mktemp("vaes"))
 
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("wan")
-    vae = AutoencoderKLWan(
-        base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-    )
-    vae.save_pretrained(path)
-    return path
+
+@pytest.fixture(scope="module")
+def wan_dir(vae_dirs):
+    return vae_dirs[0]
 
 
 def test_wan_adapter_loads_local_dir_and_has_the_unitemp_geometry(wan_dir):
@@ -103,20 +101,8 @@ def test_bad_model_dir_is_a_clear_error(tmp_path):
         WanVideoCodec.from_pretrained(tmp_path)
 
 
-def test_oobleck_adapter_16khz_mono(tmp_path):
-    from diffusers import AutoencoderOobleck
-
-    torch.manual_seed(0)
-    AutoencoderOobleck(
-        encoder_hidden_size=16,
-        downsampling_ratios=[2, 4, 4, 5, 4],
-        channel_multiples=[1, 2, 2, 2, 2],
-        decoder_channels=8,
-        decoder_input_channels=8,
-        audio_channels=1,
-        sampling_rate=16_000,
-    ).save_pretrained(tmp_path)
-    codec = OobleckAudioCodec.from_pretrained(tmp_path)
+def test_oobleck_adapter_16khz_mono(vae_dirs):
+    codec = OobleckAudioCodec.from_pretrained(vae_dirs[1])
     assert codec.geometry == AudioGeometry(channels=8, sample_rate=16_000, hop_length=640)
     assert codec.geometry.latent_rate == 25.0
     wave = torch.randn(2, 1, 16_000)

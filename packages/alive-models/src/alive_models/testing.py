@@ -142,3 +142,26 @@ def save_tiny_text_models(
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
     return dirs
+
+
+def save_tiny_vaes(root: Path, audio_channels: int = 8, seed: int = 0) -> tuple[Path, Path]:
+    """Write a tiny random Wan2.1-format video VAE (16 channels, 8x spatial, 4x causal temporal) and a
+    tiny Oobleck audio VAE (16 kHz mono, 640 hop = 25 latents/s) under ``root``; returns their dirs.
+    The geometry is the real one, the weights are random. Needs the ``vae`` extra (diffusers)."""
+    from diffusers import AutoencoderKLWan, AutoencoderOobleck
+
+    torch.manual_seed(seed)
+    wan, oobleck = root / "wan", root / "oobleck"
+    AutoencoderKLWan(
+        base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    ).save_pretrained(wan)
+    AutoencoderOobleck(
+        encoder_hidden_size=2 * audio_channels,
+        downsampling_ratios=[2, 4, 4, 5, 4],
+        channel_multiples=[1, 2, 2, 2, 2],
+        decoder_channels=8,
+        decoder_input_channels=audio_channels,
+        audio_channels=1,
+        sampling_rate=16_000,
+    ).save_pretrained(oobleck)
+    return wan, oobleck
