@@ -124,3 +124,12 @@ def test_patchify_round_trip_and_order():
     torch.testing.assert_close(tokens[0, 1].reshape(3, 1, 2, 2), x[0, :, 0:1, 0:2, 2:4])
     with pytest.raises(ValueError, match="divisible"):
         patchify(torch.randn(1, 3, 4, 5, 8), (1, 2, 2))
+
+
+def test_full_masks_are_dropped_once_per_forward():
+    from alive_models.layers.attention import normalize_key_mask
+
+    assert normalize_key_mask(torch.ones(2, 5, dtype=torch.bool)) is None
+    assert normalize_key_mask(None) is None
+    mask = torch.tensor([[1, 1, 0]])
+    assert normalize_key_mask(mask).dtype == torch.bool

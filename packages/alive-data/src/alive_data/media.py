@@ -15,6 +15,8 @@ from pathlib import Path
 import av
 import numpy as np
 import soundfile as sf
+import torch
+import torch.nn.functional as F
 
 BytesOrPath = bytes | str | Path
 
@@ -144,6 +146,20 @@ def encode_mp4(
             for packet in [*audio_stream.encode(frame), *audio_stream.encode(None)]:
                 container.mux(packet)
     return buffer.getvalue()
+
+
+def fit_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize [F, H, W, 3] uint8 to cover ``size`` (height, width), then centre-crop."""
+    height, width = size
+    if frames.shape[1:3] == (height, width):
+        return frames
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    scale = max(height / x.shape[2], width / x.shape[3])
+    new = (max(height, round(x.shape[2] * scale)), max(width, round(x.shape[3] * scale)))
+    x = F.interpolate(x, size=new, mode="bilinear", antialias=True, align_corners=False)
+    top, left = (new[0] - height) // 2, (new[1] - width) // 2
+    x = x[:, :, top : top + height, left : left + width]
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def decode_clip(video: BytesOrPath, fps: float, sample_rate: int, audio: bytes | None = None) -> Clip:

@@ -28,12 +28,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from alive_data.filters import FilterReport, StageFilter
-from alive_data.media import MediaError, decode_image
+from alive_data.media import MediaError, decode_image, fit_frames
 from alive_data.samples import BadSample, load_sample, read_metadata
 from alive_data.schema import lookup
 from alive_data.shards import expand_urls, iter_samples
 from alive_data.tasks import TASKS, TaskConfig, uniform
-from alive_data.writer import fit_frames
 from alive_models.geometry import Timeline
 
 
@@ -118,9 +117,7 @@ class AVStream(IterableDataset):
         self.epoch = 0
         self.resume: dict[int, dict] = {}
         b = config.buckets
-        self._max_weight = (
-            max([1.0] + [max(t.values()) for t in config.balance.values() if t]) if config.balance else 1.0
-        )
+        self._max_weight = max((w for table in config.balance.values() for w in table.values()), default=1.0)
         self._frames = sorted(b.frames, reverse=True)
         self._latent_frames = sorted(b.latent_frames, reverse=True)
 

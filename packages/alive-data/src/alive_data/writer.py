@@ -26,11 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from alive_data.labels import LabelTable, default_table
-from alive_data.media import MediaError, decode_clip, encode_flac, encode_mp4
+from alive_data.media import MediaError, decode_clip, encode_flac, encode_mp4, fit_frames
 from alive_data.schema import validate_metadata
 from alive_data.shards import ShardSink, existing_shards, safe_key
 from alive_models.caption import check_caption
@@ -106,20 +105,6 @@ def read_manifest(manifest: Path) -> list[SourceItem]:
         key = safe_key(str(record.pop("key", path.stem)))
         items.append(SourceItem(key, str(path), record))
     return items
-
-
-def fit_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize [F, H, W, 3] uint8 to cover ``size`` (height, width), then centre-crop."""
-    height, width = size
-    if frames.shape[1:3] == (height, width):
-        return frames
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    scale = max(height / x.shape[2], width / x.shape[3])
-    new = (max(height, round(x.shape[2] * scale)), max(width, round(x.shape[3] * scale)))
-    x = F.interpolate(x, size=new, mode="bilinear", antialias=True, align_corners=False)
-    top, left = (new[0] - height) // 2, (new[1] - width) // 2
-    x = x[:, :, top : top + height, left : left + width]
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

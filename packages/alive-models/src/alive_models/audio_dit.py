@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from alive_models.config import AudioDiTConfig
 from alive_models.geometry import unitemp_audio_positions
-from alive_models.layers.attention import Attention
+from alive_models.layers.attention import Attention, normalize_key_mask
 from alive_models.layers.embeddings import MLP, TimestepEmbedding
 from alive_models.layers.final import FinalLayer
 from alive_models.layers.norms import Modulation, layer_norm, modulate
@@ -104,7 +104,9 @@ class AudioDiT(nn.Module):
         ids = self.align_transcript(transcript_ids, transcript_mask, length)
         x = self.in_proj(torch.cat([latent.transpose(1, 2), self.transcript_embed(ids)], dim=-1))
         rope = self.rope(unitemp_audio_positions(length).to(latent.device)[None, :, None])
-        return AudioState(x, self.time_embed(t), self.caption_norm(caption), caption_mask, rope)
+        return AudioState(
+            x, self.time_embed(t), self.caption_norm(caption), normalize_key_mask(caption_mask), rope
+        )
 
     def run_block(self, index: int, state: AudioState) -> AudioState:
         return replace(state, x=self.blocks[index](state))

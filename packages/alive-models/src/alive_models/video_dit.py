@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alive_models.config import VideoDiTConfig
-from alive_models.layers.attention import Attention, attention
+from alive_models.layers.attention import Attention, attention, normalize_key_mask
 from alive_models.layers.embeddings import MLP, TimestepEmbedding, patchify, unpatchify, video_grid_positions
 from alive_models.layers.final import FinalLayer
 from alive_models.layers.norms import Modulation, RMSNorm, layer_norm, modulate
@@ -206,7 +206,7 @@ class VideoDiT(nn.Module):
                 for e, m in zip(texts, masks, strict=True)
             ]
             parts.append(torch.ones(b, vid.shape[1], dtype=torch.bool, device=vid.device))
-            key_mask = torch.cat(parts, dim=1)
+            key_mask = normalize_key_mask(torch.cat(parts, dim=1))
 
         positions = torch.cat([torch.zeros(txt.shape[1], 3), *positions]).to(latent.device)
         rope = self.rope(positions[None])

@@ -49,18 +49,13 @@ def _flash_usable(q: Tensor, key_mask: Tensor | None) -> bool:
 def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
     """Multi-head attention. q: [B, Lq, H, D]; k, v: [B, Lk, H, D]; key_mask: [B, Lk] bool, True = attend.
 
-    A query row whose keys are all masked out returns zeros (rather than NaN).
+    A query row whose keys are all masked out returns zeros (rather than NaN). Pass ``None`` rather
+    than an all-True mask: it keeps the fused kernels (the towers drop such masks once per forward).
     """
-    empty_rows = None
     if key_mask is not None:
-        if key_mask.all():
-            key_mask = None
-        else:
-            empty_rows = ~key_mask.any(dim=-1)
-            if empty_rows.any():
-                key_mask = key_mask | empty_rows[:, None]
-            else:
-                empty_rows = None
+        # Rows with no valid key attend everything and are zeroed afterwards: no NaN, no host sync.
+        empty_rows = ~key_mask.any(dim=-1)
+        key_mask = key_mask | empty_rows[:, None]
 
     backend = _BACKEND
     if backend == "auto":
@@ -83,7 +78,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -
     else:
         raise ValueError(f"unknown attention backend {backend!r}")
 
-    if empty_rows is not None:
+    if key_mask is not None:
         out = out.masked_fill(empty_rows[:, None, None, None], 0.0)
     return out
 
@@ -152,3 +147,10 @@ class Attention(nn.Module):
         if rope_k is not None:
             k = apply_rotary(k, *rope_k)
         return self.to_out(attention(q, k, v, key_mask).flatten(-2))
+
+
+def normalize_key_mask(key_mask: Tensor | None) -> Tensor | None:
+    """None when every key is valid (one host sync, done once per forward, not per attention call)."""
+    if key_mask is None or bool(key_mask.all()):
+        return None
+    return key_mask.bool()
