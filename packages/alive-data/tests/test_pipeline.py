@@ -368,3 +368,18 @@ def test_epochs_reshuffle_and_resume_needs_same_workers(shards, config_for):
         AVStream(PipelineConfig.from_dict(config_for(shards / "missing.tar")))
     with pytest.raises(FileNotFoundError, match="no shards"):
         AVStream(PipelineConfig.from_dict(config_for(str(shards / "nothing-*.tar"))))
+
+
+def test_pipe_urls_and_node_split(shards, clips, config_for):
+    urls = [f"pipe:cat {p}" for p in sorted(shards.glob("shard-*.tar"))]
+    config = PipelineConfig.from_dict({**config_for(shards), "sources": [{"name": "main", "urls": urls}]})
+    per_rank = []
+    for rank in (0, 1):
+        loader = ResumableLoader(AVStream(config, rank=rank, world_size=2), num_workers=0)
+        list(loader)
+        per_rank.append(loader.stats()["kept"])
+        stream = AVStream(config, rank=rank, world_size=2)
+        mine = {u for u in stream.shards_for("main", 0, rank, 2, 0, 1)}
+        other = {u for u in stream.shards_for("main", 0, 1 - rank, 2, 0, 1)}
+        assert mine and not mine & other and len(mine | other) == len(urls)
+    assert sum(per_rank) == len(clips)  # the two nodes together read every sample once

@@ -10,7 +10,7 @@ import torch
 
 from alive_models.flow import flow_loss
 from alive_models.parallel import ParallelPlan, parallelize_joint
-from alive_models.testing import randomize_zero_inits
+from alive_models.testing import random_inputs, randomize_zero_inits
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 
@@ -70,3 +70,17 @@ def test_activation_checkpointing_keeps_values_and_state_dict_keys(tiny_model, i
     # named_parameters() shows the wrapper's prefix (state_dict() hides it): compare in order.
     for (name, expected_grad), p in zip(grads.items(), tiny_model.parameters(), strict=True):
         torch.testing.assert_close(p.grad, expected_grad, msg=name)
+
+
+@pytest.mark.slow
+def test_per_block_compile_matches_eager(tiny_config, tiny_model):
+    randomize_zero_inits(tiny_model)
+    inputs = random_inputs(tiny_config, batch=2, i2v=True, references=1)
+    expected = tiny_model(inputs)
+    parallelize_joint(
+        tiny_model, None, ParallelPlan(activation_checkpointing=False, fsdp=False, compile=True)
+    )
+    assert all(getattr(b, "_compiled_call_impl", None) is not None for b in tiny_model.video.dual_blocks)
+    out = tiny_model(inputs)
+    torch.testing.assert_close(out.video, expected.video, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.audio, expected.audio, atol=1e-5, rtol=1e-5)

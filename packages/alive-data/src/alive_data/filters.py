@@ -2,8 +2,8 @@
 
 A stage filter is a list of rules over the metadata (``field op value``) plus an optional
 "audible" requirement (speech or a labeled sound, seed 000 §3.4). The first rule a sample fails
-is its removal reason; :class:`FilterReport` counts them so a run can log how many samples each
-filter removed.
+is its removal reason; the pipeline counts reasons (``ResumableLoader.stats()``) so a run can log
+how many samples each filter removed.
 
 The funnel presets are cumulative: CT keeps the joint-training rules and adds balance-oriented
 ones, SFT adds clarity, the 1080p refiner adds a strict clarity threshold and a resolution floor.
@@ -14,9 +14,8 @@ scales our labelers write: aesthetic 0-10, quality_class 0-4, audio_quality 0-5,
 from __future__ import annotations
 
 import operator
-from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from alive_data.schema import lookup
@@ -80,22 +79,6 @@ class StageFilter:
         if self.require_audible and not (meta.get("speaking") or meta.get("labels")):
             return "filter: silent"
         return None
-
-
-@dataclass
-class FilterReport:
-    """How many samples were seen, kept, and removed by each rule."""
-
-    seen: int = 0
-    kept: int = 0
-    removed: Counter = field(default_factory=Counter)
-
-    def add(self, reason: str | None) -> None:
-        self.seen += 1
-        if reason is None:
-            self.kept += 1
-        else:
-            self.removed[reason] += 1
 
 
 _JOINT = (

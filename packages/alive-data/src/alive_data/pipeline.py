@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from alive_data.filters import FilterReport, StageFilter
+from alive_data.filters import StageFilter
 from alive_data.media import MediaError, decode_image, fit_frames
 from alive_data.samples import BadSample, load_sample, read_metadata
 from alive_data.schema import lookup
@@ -166,7 +166,6 @@ class _WorkerRun:
         self.weights = [src.weight for src in self.c.sources]
         self.shards = [stream.shards_for(n, epoch, rank, world, worker, workers) for n in self.names]
         self.stats: Counter = Counter()
-        self.filter_report = FilterReport()
         self.positions: list[tuple[int, int] | None] = [None] * len(self.names)
         self.draws = self.pops = 0
         self.buffer: list[tuple[tuple[int, int, int], dict]] = []
@@ -254,8 +253,6 @@ class _WorkerRun:
         except BadSample as e:
             return skip(e.reason)
         reason = self.c.filter.reason(meta)
-        if count:
-            self.filter_report.add(reason)
         if reason is not None:
             return skip(reason)
         if (
