@@ -164,6 +164,15 @@ def test_nan_and_zero_length_latents_are_counted(tmp_path):
                 "audio_latent.npy": npy(np.zeros((4, 30), np.float16)),
             }
         )
+        lying = {**meta, "latents": {k: v for k, v in meta["latents"].items() if k != "audio"}}
+        sink.write(
+            {
+                "__key__": "lying",
+                "json": json.dumps(lying).encode(),
+                "video_latent.npy": npy(np.zeros((4, 8, 2, 2), np.float16)),
+                "audio_latent.npy": npy(np.zeros((4, 30), np.float16)),
+            }
+        )
         sink.write(
             {
                 "__key__": "other",
@@ -183,6 +192,7 @@ def test_nan_and_zero_length_latents_are_counted(tmp_path):
     assert list(loader) == []
     assert loader.stats()["nan_latent"] == 1 and loader.stats()["zero_length"] == 1
     assert loader.stats()["latent_codec"] == 1
+    assert loader.stats()["invalid_sample: KeyError"] == 1  # metadata without the audio geometry
 
 
 def test_cached_latents_round_trip_to_batches(tmp_path, clips):

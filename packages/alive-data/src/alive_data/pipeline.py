@@ -177,11 +177,14 @@ class _WorkerRun:
     def _on_error(self, url: str, exn: Exception) -> None:
         self.stats["corrupt_tar"] += 1
 
-    def _read(self, index: int, after: tuple[int, int] | None = None, from_shard: int = 0) -> Iterator[tuple]:
+    def _read(
+        self, index: int, after: tuple[int, int] | None = None, from_shard: int = 0, count: bool = True
+    ) -> Iterator[tuple]:
         """(id, raw sample) of a source from ``from_shard`` on, strictly after position ``after``."""
         start = from_shard if after is None else after[0]
+        on_error = self._on_error if count else lambda url, exn: None
         for shard in range(start, len(self.shards[index])):
-            for position, raw in enumerate(iter_samples([self.shards[index][shard]], self._on_error)):
+            for position, raw in enumerate(iter_samples([self.shards[index][shard]], on_error)):
                 if after is None or (shard, position) > after:
                     yield (index, shard, position), raw
 
@@ -196,7 +199,7 @@ class _WorkerRun:
         for index in range(len(self.names)):
             mine = sorted(i for i in wanted if i[0] == index)
             if mine:  # pending samples sit between the earliest one and the saved position
-                for ident, raw in self._read(index, from_shard=mine[0][1]):
+                for ident, raw in self._read(index, from_shard=mine[0][1], count=False):
                     if ident in wanted:
                         found[ident] = raw
                     if ident >= mine[-1]:
@@ -224,7 +227,9 @@ class _WorkerRun:
             g = meta.get("latents", {}).get("video")
             if not g:
                 return None
-            t = _timeline(g).num_video_latents(meta["num_frames"])
+            frames = meta.get("num_frames", round(meta["duration"] * self.c.fps))
+            stride = g["temporal_stride"]  # latents the clip fills completely
+            t = (frames - 1) // stride + 1 if g["causal_first_frame"] else frames // stride
             fit = next((n for n in self.s._latent_frames if n <= t), None)
             if fit is None:
                 return None
@@ -275,10 +280,10 @@ class _WorkerRun:
                 out["references"] = np.stack(
                     [fit_frames(decode_image(raw[r])[None], bucket[2:])[0] for r in refs]
                 )
-        except BadSample as e:
+        except (BadSample, MediaError) as e:
             return skip(e.reason)
-        except MediaError as e:
-            return skip(e.reason)
+        except (KeyError, TypeError, ValueError, IndexError) as e:  # metadata that lies about its media
+            return skip(f"invalid_sample: {type(e).__name__}")
         spec = TASKS[task]
         out.update(
             key=key,

@@ -142,6 +142,8 @@ class _Worker:
             return item.key, None, e.reason, str(e)
         except _Bad as e:
             return item.key, None, e.reason, e.detail
+        except Exception as e:  # one odd file must not end a run over millions; it is listed
+            return item.key, None, "error", f"{type(e).__name__}: {e}"
 
     @classmethod
     def _sample(cls, item: SourceItem) -> dict:
