@@ -8,6 +8,7 @@ deterministic and resumable without carrying generator state.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 
 
@@ -70,11 +71,9 @@ class TaskConfig:
         """(task name, caption dropped, mutual on) for one sample."""
         u = uniform(seed, epoch, key, "task")
         if self.probabilities is not None:
-            name, acc = "t2va", 0.0
-            for name, p in self.probabilities.items():  # noqa: B007 - the last name is the fallback
-                acc += p
-                if u < acc:
-                    break
+            names = list(self.probabilities)
+            cumulative = itertools.accumulate(self.probabilities.values())
+            name = next((n for n, c in zip(names, cumulative, strict=True) if u < c), names[-1])
         elif has_references and u < self.reference_prob:
             name = "r2va"
         elif epoch >= self.i2va_from_epoch and uniform(seed, epoch, key, "i2va") < self.i2va_prob:

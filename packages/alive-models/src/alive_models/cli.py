@@ -7,6 +7,7 @@ alive-models smoke [--preset tiny] [--steps 1]     one training step of the join
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -40,12 +41,17 @@ def _smoke(args: argparse.Namespace) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     for step in range(args.steps):
         clean = random_inputs(config, batch=2, generator=generator, i2v=True, references=1)
-        noise_v, noise_a = torch.randn_like(clean.video), torch.randn_like(clean.audio)
+        noise_v = torch.randn(clean.video.shape, generator=generator)
+        noise_a = torch.randn(clean.audio.shape, generator=generator)
         t = sample_timesteps(2, generator=generator)
-        inputs = clean.map(lambda x: x)
-        inputs.video, inputs.audio = add_noise(clean.video, noise_v, t), add_noise(clean.audio, noise_a, t)
-        inputs.t_video = inputs.t_audio = t
-        inputs.mutual = torch.tensor([True, False])  # one sample per state of the mutual switch
+        inputs = dataclasses.replace(
+            clean,
+            video=add_noise(clean.video, noise_v, t),
+            audio=add_noise(clean.audio, noise_a, t),
+            t_video=t,
+            t_audio=t,
+            mutual=torch.tensor([True, False]),  # one sample per state of the mutual switch
+        )
         start = time.perf_counter()
         out = model(inputs)
         loss = flow_loss(out.video, velocity_target(clean.video, noise_v)) + flow_loss(
