@@ -50,5 +50,8 @@ def test_frame_counts():
     with pytest.raises(ValueError, match="1 \\+ 4k"):
         t.num_video_latents(120)
     assert Timeline(causal_first_frame=False).num_video_latents(120) == 30
+    # Non-strict: the latents the frames fill completely (what a writer keeps after trimming).
+    assert t.num_video_latents(120, strict=False) == 30 and t.num_frames(30) == 117
+    assert Timeline(causal_first_frame=False).num_video_latents(123, strict=False) == 30
     with pytest.raises(ValueError):
         Timeline(fps=0)

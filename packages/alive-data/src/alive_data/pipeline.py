@@ -33,7 +33,7 @@ from alive_data.samples import BadSample, load_sample, read_metadata
 from alive_data.schema import lookup
 from alive_data.shards import expand_urls, iter_samples
 from alive_data.tasks import TASKS, TaskConfig, uniform
-from alive_models.geometry import Timeline
+from alive_models.codecs import VideoGeometry
 
 
 @dataclass(frozen=True)
@@ -228,8 +228,7 @@ class _WorkerRun:
             if not g:
                 return None
             frames = meta.get("num_frames", round(meta["duration"] * self.c.fps))
-            stride = g["temporal_stride"]  # latents the clip fills completely
-            t = (frames - 1) // stride + 1 if g["causal_first_frame"] else frames // stride
+            t = VideoGeometry(**g).timeline.num_video_latents(frames, strict=False)
             fit = next((n for n in self.s._latent_frames if n <= t), None)
             if fit is None:
                 return None
@@ -302,7 +301,7 @@ class _WorkerRun:
         kind, length, height, width = bucket
         if kind == "latent":
             g = sample.meta["latents"]
-            frames = _timeline(g["video"]).num_frames(length)
+            frames = VideoGeometry(**g["video"]).timeline.num_frames(length)
             need = math.ceil(frames / self.c.fps * g["audio"]["sample_rate"] / g["audio"]["hop_length"])
             if sample.audio_latent.shape[-1] < need:
                 raise BadSample("short_audio", f"{sample.audio_latent.shape[-1]} audio latents, need {need}")
@@ -381,13 +380,6 @@ class _WorkerRun:
 def _parse_bucket(text: str) -> tuple:
     kind, *rest = text.split(",")
     return (kind, *map(int, rest))
-
-
-def _timeline(video_geometry: Mapping[str, Any]) -> Timeline:
-    return Timeline(
-        temporal_stride=video_geometry["temporal_stride"],
-        causal_first_frame=video_geometry["causal_first_frame"],
-    )
 
 
 def collate(samples: list[dict]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from alive_data.labels import LabelTable, default_table
 from alive_data.media import MediaError, decode_clip, encode_flac, encode_mp4, fit_frames
+from alive_data.samples import BadSample
 from alive_data.schema import validate_metadata
 from alive_data.shards import ShardSink, existing_shards, safe_key
 from alive_models.caption import check_caption
@@ -140,7 +141,7 @@ class _Worker:
             return item.key, cls._sample(item), "", ""
         except MediaError as e:
             return item.key, None, e.reason, str(e)
-        except _Bad as e:
+        except BadSample as e:
             return item.key, None, e.reason, e.detail
         except Exception as e:  # one odd file must not end a run over millions; it is listed
             return item.key, None, "error", f"{type(e).__name__}: {e}"
@@ -150,19 +151,19 @@ class _Worker:
         o = cls.options
         meta = dict(item.metadata)
         if "__error__" in meta:
-            raise _Bad("bad_input", meta["__error__"])
+            raise BadSample("bad_input", meta["__error__"])
         if not isinstance(meta.get("caption"), str):
-            raise _Bad("missing_caption", "no caption in the manifest, sidecar .json or .txt")
+            raise BadSample("missing_caption", "no caption in the manifest, sidecar .json or .txt")
         caption, problems = check_caption(meta["caption"])
         if caption is None:
-            raise _Bad("malformed_caption", str(problems[0]))
+            raise BadSample("malformed_caption", str(problems[0]))
         if not Path(item.path).is_file():
-            raise _Bad("missing_file", item.path)
+            raise BadSample("missing_file", item.path)
         clip = decode_clip(item.path, o.fps, o.sample_rate)
         frames = fit_frames(clip.frames, o.size) if o.size else clip.frames
-        if cls.codecs is not None:  # a causal video codec takes 1 + stride*k frames
-            stride = cls.codecs[0].geometry.temporal_stride
-            frames = frames[: 1 + (len(frames) - 1) // stride * stride]
+        if cls.codecs is not None:  # keep the frames that fill whole latents (1 + 4k for Wan)
+            timeline = cls.codecs[0].geometry.timeline
+            frames = frames[: timeline.num_frames(timeline.num_video_latents(len(frames), strict=False))]
         audio = clip.audio[: round(len(frames) / o.fps * o.sample_rate)]
         labels = cls.labels.match(caption)
         meta.update(
@@ -181,7 +182,7 @@ class _Worker:
             meta["category"] = {"l1": labels[0].l1, "l2": labels[0].l2, "l3": labels[0].l3}
         problems = validate_metadata(meta)
         if problems:
-            raise _Bad("schema", "; ".join(problems))
+            raise BadSample("schema", "; ".join(problems))
 
         sample: dict[str, Any] = {"__key__": item.key}
         if not o.latents_only:
@@ -203,12 +204,6 @@ class _Worker:
             }
         sample["json"] = json.dumps(meta).encode()
         return sample
-
-
-class _Bad(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(reason)
-        self.reason, self.detail = reason, detail
 
 
 def _results(items: list[SourceItem], options: WriteOptions, workers: int) -> Iterator[tuple]:

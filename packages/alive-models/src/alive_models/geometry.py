@@ -34,14 +34,18 @@ class Timeline:
         if self.fps <= 0 or self.audio_latent_rate <= 0 or self.temporal_stride < 1:
             raise ValueError(f"invalid timeline {self}")
 
-    def num_video_latents(self, num_frames: int) -> int:
-        """Latent frames a codec with this geometry produces for ``num_frames`` pixel frames."""
+    def num_video_latents(self, num_frames: int, strict: bool = True) -> int:
+        """Latent frames a codec with this geometry produces for ``num_frames`` pixel frames.
+
+        ``strict``: raise unless the frames fill whole latents; otherwise count the latents the
+        frames fill completely (the rest would be trimmed).
+        """
         s = self.temporal_stride
         if self.causal_first_frame:
-            if num_frames < 1 or (num_frames - 1) % s:
+            if strict and (num_frames < 1 or (num_frames - 1) % s):
                 raise ValueError(f"{num_frames} frames: a causal codec with stride {s} needs 1 + {s}k frames")
-            return 1 + (num_frames - 1) // s
-        if num_frames % s:
+            return (num_frames - 1) // s + 1
+        if strict and num_frames % s:
             raise ValueError(f"{num_frames} frames: stride {s} needs a multiple of {s}")
         return num_frames // s
 

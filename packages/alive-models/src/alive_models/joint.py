@@ -115,11 +115,6 @@ class JointAVDiT(nn.Module):
         vs, as_ = self.fusion(self.video, self.audio, vs, as_, mutual)
         return JointOutputs(self.video.head(vs), self.audio.head(as_))
 
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """(Re)initialise every parameter and buffer in place (after ``to_empty`` or sharding)."""
-        reset_all(self)
-
 
 def reset_all(module: nn.Module) -> None:
     """Call ``reset_parameters`` on every submodule that owns parameters or buffers directly."""

@@ -24,13 +24,17 @@ class VideoGeometry:
     temporal_stride: int
     causal_first_frame: bool
 
+    @property
+    def timeline(self) -> Timeline:
+        """The temporal part of this geometry (frame <-> latent counts); fps and audio rate are defaults."""
+        return Timeline(temporal_stride=self.temporal_stride, causal_first_frame=self.causal_first_frame)
+
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         """(T, H, W) of the latent for a clip; raises on sizes the codec cannot take."""
         s = self.spatial_stride
         if height % s or width % s:
             raise ValueError(f"{height}x{width} frames: height and width must be multiples of {s}")
-        timeline = Timeline(temporal_stride=self.temporal_stride, causal_first_frame=self.causal_first_frame)
-        return timeline.num_video_latents(frames), height // s, width // s
+        return self.timeline.num_video_latents(frames), height // s, width // s
 
 
 @dataclass(frozen=True)

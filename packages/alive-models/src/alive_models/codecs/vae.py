@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alive_models.codecs.base import AudioCodec, AudioGeometry, VideoCodec, VideoGeometry
+from alive_models.local_files import local_model_dir
 
 
 def _diffusers():
@@ -29,13 +30,6 @@ def _diffusers():
     except ImportError as e:  # pragma: no cover - exercised only without the extra
         raise ImportError("loading a VAE needs diffusers: pip install 'alive-models[vae]'") from e
     return diffusers
-
-
-def _check_dir(path: str | Path) -> Path:
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
-    return path
 
 
 class WanVideoCodec(VideoCodec):
@@ -63,7 +57,7 @@ class WanVideoCodec(VideoCodec):
         device: str | torch.device = "cpu",
         tiling: bool = False,
     ) -> WanVideoCodec:
-        vae = _diffusers().AutoencoderKLWan.from_pretrained(_check_dir(path), torch_dtype=dtype)
+        vae = _diffusers().AutoencoderKLWan.from_pretrained(local_model_dir(path), torch_dtype=dtype)
         return cls(vae.to(device), tiling=tiling)
 
     @property
@@ -100,7 +94,7 @@ class OobleckAudioCodec(AudioCodec):
     def from_pretrained(
         cls, path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
     ) -> OobleckAudioCodec:
-        vae = _diffusers().AutoencoderOobleck.from_pretrained(_check_dir(path), torch_dtype=dtype)
+        vae = _diffusers().AutoencoderOobleck.from_pretrained(local_model_dir(path), torch_dtype=dtype)
         return cls(vae.to(device))
 
     @torch.no_grad()

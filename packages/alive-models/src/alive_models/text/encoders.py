@@ -15,15 +15,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from alive_models.local_files import local_model_dir
+
 # Speech and sound-event tags are single tokens of the caption tokenizer (seed 000 §2.1).
 CAPTION_SPECIAL_TOKENS = ("<W>", "</W>", "<I>", "</I>")
-
-
-def _check_dir(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such model directory (weights are never downloaded)")
-    return path
 
 
 @dataclass
@@ -63,7 +58,7 @@ class CaptionEncoder:
     ) -> CaptionEncoder:
         from transformers import AutoModel, AutoTokenizer, T5EncoderModel
 
-        path = _check_dir(path)
+        path = local_model_dir(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model_cls = T5EncoderModel if kind == "encoder" else AutoModel
         model = model_cls.from_pretrained(path, dtype=dtype, device_map=torch.device(device))
@@ -124,7 +119,7 @@ class TranscriptTokenizer:
     def from_pretrained(cls, path: str | Path, max_length: int = 512) -> TranscriptTokenizer:
         from transformers import AutoTokenizer
 
-        return cls(AutoTokenizer.from_pretrained(_check_dir(path)), max_length)
+        return cls(AutoTokenizer.from_pretrained(local_model_dir(path, required=None)), max_length)
 
     @property
     def vocab_size(self) -> int:
