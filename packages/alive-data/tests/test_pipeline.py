@@ -164,6 +164,15 @@ def test_nan_and_zero_length_latents_are_counted(tmp_path):
                 "audio_latent.npy": npy(np.zeros((4, 30), np.float16)),
             }
         )
+        odd_geometry = {**meta, "latents": {**meta["latents"], "video": {"stride": 8}}}
+        sink.write(
+            {
+                "__key__": "odd_geometry",
+                "json": json.dumps(odd_geometry).encode(),
+                "video_latent.npy": npy(np.zeros((4, 8, 2, 2), np.float16)),
+                "audio_latent.npy": npy(np.zeros((4, 30), np.float16)),
+            }
+        )
         lying = {**meta, "latents": {k: v for k, v in meta["latents"].items() if k != "audio"}}
         sink.write(
             {
@@ -193,6 +202,7 @@ def test_nan_and_zero_length_latents_are_counted(tmp_path):
     assert loader.stats()["nan_latent"] == 1 and loader.stats()["zero_length"] == 1
     assert loader.stats()["latent_codec"] == 1
     assert loader.stats()["invalid_sample: KeyError"] == 1  # metadata without the audio geometry
+    assert loader.stats()["invalid_sample: TypeError"] == 1  # a geometry that is not a VideoGeometry
 
 
 def test_cached_latents_round_trip_to_batches(tmp_path, clips):

@@ -265,12 +265,12 @@ class _WorkerRun:
             >= _balance_weight(self.c.balance, meta) / self.s._max_weight
         ):
             return skip("balance")
-        bucket = self._bucket(meta)
-        if bucket is None:
-            return skip("too_short")
         refs = sorted(k for k in raw if k.startswith("ref_") and k.endswith(".jpg"))
         task, dropped, mutual = self.c.tasks.assign(self.c.seed, self.epoch, key, bool(refs))
         try:
+            bucket = self._bucket(meta)
+            if bucket is None:
+                return skip("too_short")
             sample = load_sample(
                 raw, self.c.fps, self.c.sample_rate, self.c.latents is not None, self.c.latents
             )
