@@ -7,6 +7,10 @@ from alive_models.flops import SequenceLengths, forward_flops
 from alive_models.flow import (
     add_noise,
     flow_loss,
+    refiner_interpolate,
+    refiner_source,
+    refiner_velocity_target,
+    sample_refiner_timesteps,
     sample_timesteps,
     sampling_schedule,
     shift_time,
@@ -32,6 +36,31 @@ def test_time_shift_values():
     assert shift_time(torch.tensor(0.1), 7.0) > 0.1
     schedule = sampling_schedule(10)
     assert schedule[0] == 1 and schedule[-1] == 0 and (schedule.diff() < 0).all()
+
+
+def test_refiner_flow_endpoints_noise_level_and_base_limit():
+    z, z_up, eps = torch.randn(3, 4, 5), torch.randn(3, 4, 5), torch.randn(3, 4, 5)
+    t0 = 0.6
+    y = refiner_source(z_up, eps, t0)
+    torch.testing.assert_close(refiner_interpolate(z, y, torch.full((3,), t0), t0), y)
+    torch.testing.assert_close(refiner_interpolate(z, y, torch.zeros(3), t0), z)
+    tau = torch.tensor([0.1, 0.3, 0.5])
+    x = refiner_interpolate(z, y, tau, t0)
+    # The noise part of x_tau is tau * eps: the base model's noise level at the same time.
+    x_without_noise = refiner_interpolate(z, refiner_source(z_up, torch.zeros_like(eps), t0), tau, t0)
+    torch.testing.assert_close(x - x_without_noise, tau[:, None, None] * eps)
+    # Following the target velocity from x_tau down to 0 lands on the clean latent.
+    torch.testing.assert_close(x - tau[:, None, None] * refiner_velocity_target(z, y, t0), z)
+    # t0 = 1 is the base flow.
+    one = refiner_source(z_up, eps, 1.0)
+    torch.testing.assert_close(refiner_interpolate(z, one, tau, 1.0), add_noise(z, eps, tau))
+    torch.testing.assert_close(refiner_velocity_target(z, one, 1.0), velocity_target(z, eps))
+    schedule = sampling_schedule(8, t_start=t0)
+    assert schedule[0] == pytest.approx(t0) and schedule[-1] == 0
+    taus = sample_refiner_timesteps(500, t0, generator=torch.Generator().manual_seed(0))
+    assert taus.min() > 0 and taus.max() <= t0
+    with pytest.raises(ValueError, match="start time"):
+        refiner_source(z_up, eps, 0.0)
 
 
 def test_timestep_sampling_is_seeded_and_shifted():

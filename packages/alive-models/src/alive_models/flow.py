@@ -3,6 +3,18 @@ time shift t' = s t / (1 + (s - 1) t) with s = 7 for training and sampling.
 
 t = 0 is data, t = 1 is noise. Losses are per modality with a per-sample mask, so a task can switch a
 modality's loss off (e.g. the video loss of a T2A batch, or clean refiner audio).
+
+The refiner (seed 000 §2.2) starts from a degraded latent instead of pure noise. The seed leaves the
+flow open; ours keeps the base model's noise level at every time so the refiner can start from the
+480p weights. With z the clean latent, z_up the latent of the degraded-then-upsampled clip, eps noise
+and a start time t0 in (0, 1]:
+
+    y     = (1 - t0) z_up + t0 eps                   the source: z_up noised to t0 (inference starts here)
+    x_tau = (1 - tau / t0) z + (tau / t0) y          for tau in [0, t0]; x_t0 = y, x_0 = z
+    v     = d x_tau / d tau = (y - z) / t0          the velocity target
+
+The noise in x_tau is exactly tau * eps, the base model's level at time tau, and with z_up = z the
+path is the base flow. t0 = 1 gives y = eps: the base flow itself, so one sampler serves both.
 """
 
 from __future__ import annotations
@@ -52,9 +64,12 @@ def sample_timesteps(
     return shift_time(u, shift)
 
 
-def sampling_schedule(steps: int, shift: float = DEFAULT_SHIFT, device: torch.device | str = "cpu") -> Tensor:
-    """steps + 1 times from 1 (noise) to 0 (data), uniformly spaced then shifted."""
-    return shift_time(torch.linspace(1.0, 0.0, steps + 1, device=device), shift)
+def sampling_schedule(
+    steps: int, shift: float = DEFAULT_SHIFT, device: torch.device | str = "cpu", t_start: float = 1.0
+) -> Tensor:
+    """steps + 1 times from ``t_start`` (1 = pure noise; the refiner's t0) to 0, uniform then shifted."""
+    _check_start(t_start)
+    return t_start * shift_time(torch.linspace(1.0, 0.0, steps + 1, device=device), shift)
 
 
 def flow_loss(prediction: Tensor, target: Tensor, sample_mask: Tensor | None = None) -> Tensor:
@@ -68,3 +83,38 @@ def flow_loss(prediction: Tensor, target: Tensor, sample_mask: Tensor | None = N
         return per_sample.mean()
     weights = sample_mask.to(per_sample.dtype)
     return (per_sample * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def _check_start(t_start: float) -> None:
+    if not 0.0 < t_start <= 1.0:
+        raise ValueError(f"start time must be in (0, 1], got {t_start}")
+
+
+def refiner_source(upsampled: Tensor, noise: Tensor, t_start: float) -> Tensor:
+    """y = (1 - t0) z_up + t0 eps: the degraded latent noised to the start time (the refiner's x at t0)."""
+    _check_start(t_start)
+    return (1 - t_start) * upsampled + t_start * noise
+
+
+def refiner_interpolate(clean: Tensor, source: Tensor, tau: Tensor, t_start: float) -> Tensor:
+    """x_tau = (1 - tau/t0) z + (tau/t0) y, with tau: [B] in [0, t0] broadcast over the other dims."""
+    _check_start(t_start)
+    return add_noise(clean, source, tau / t_start)
+
+
+def refiner_velocity_target(clean: Tensor, source: Tensor, t_start: float) -> Tensor:
+    """d x_tau / d tau = (y - z) / t0."""
+    _check_start(t_start)
+    return (source - clean) / t_start
+
+
+def sample_refiner_timesteps(
+    batch: int,
+    t_start: float,
+    shift: float = DEFAULT_SHIFT,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Refiner training times tau = t0 * shift(u): the same density as :func:`sampling_schedule`."""
+    _check_start(t_start)
+    return t_start * sample_timesteps(batch, shift, generator=generator, device=device)
