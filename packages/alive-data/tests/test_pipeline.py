@@ -8,14 +8,22 @@ import pytest
 import torch
 import webdataset as wds
 
+from alive_data.avformat import AVFormat
 from alive_data.filters import FUNNEL, Rule, StageFilter
 from alive_data.labels import LabelTable, default_table
+from alive_data.loader import ResumableLoader
 from alive_data.media import encode_flac, encode_jpeg, encode_mp4
-from alive_data.pipeline import AVStream, PipelineConfig, ResumableLoader
+from alive_data.pipeline import PipelineConfig
+from alive_data.stream import AVStream
 from alive_data.synthetic import SILENT_CAPTION, SPEECH_CAPTION, make_clips, moving_clip, tone
 from alive_data.tasks import TaskConfig
 from alive_data.writer import WriteOptions, write_shards
 from alive_models.caption import parse_caption
+from alive_models.codecs import audio_codec_from_spec, video_codec_from_spec
+
+
+def latent_format(video: str, audio: str) -> dict:
+    return AVFormat.from_codecs(24, video_codec_from_spec(video), audio_codec_from_spec(audio)).to_dict()
 
 
 def loader_for(config: dict, workers: int = 2) -> ResumableLoader:
@@ -23,7 +31,7 @@ def loader_for(config: dict, workers: int = 2) -> ResumableLoader:
 
 
 def keys_of(batches) -> list[str]:
-    return [k for b in batches for k in b["keys"]]
+    return [k for b in batches for k in b.keys]
 
 
 def test_two_worker_batches_have_one_shape_per_batch(shards, clips, config_for):
@@ -34,16 +42,16 @@ def test_two_worker_batches_have_one_shape_per_batch(shards, clips, config_for):
     stats = loader.stats()
     assert stats["kept"] == len(clips) and stats["kept"] == len(seen) + stats["partial_batch"]
     for batch in batches:
-        frames, height, width = batch["video"].shape[1:4]
-        assert batch["video"].dtype == torch.uint8 and batch["video"].shape[0] == 2
+        frames, height, width = batch.video.shape[1:4]
+        assert batch.video.dtype == torch.uint8 and batch.video.shape[0] == 2
         assert (height, width) in {(32, 48), (48, 32), (40, 40)} and frames in (25, 17)
-        assert batch["audio"].shape == (2, round(frames / 24 * 16_000))
-        assert batch["mutual"].dtype == torch.bool and len(batch["captions"]) == 2
+        assert batch.audio.shape == (2, round(frames / 24 * 16_000))
+        assert batch.mutual.dtype == torch.bool and len(batch.captions) == 2
     # Aspect-ratio bucketing: the landscape 64x48 clips land in the 48-wide, 32-high bucket.
     landscape = {c.key for i, c in enumerate(clips) if i % 3 == 0}
     for batch in batches:
-        if set(batch["keys"]) & landscape:
-            assert tuple(batch["video"].shape[2:4]) == (32, 48)
+        if set(batch.keys) & landscape:
+            assert tuple(batch.video.shape[2:4]) == (32, 48)
 
 
 def test_frames_are_the_resampled_source_frames(shards, config_for):
@@ -58,7 +66,7 @@ def test_frames_are_the_resampled_source_frames(shards, config_for):
             )
         )
     )
-    video = batch["video"][0].numpy().astype(int)
+    video = batch.video[0].numpy().astype(int)
     # The gradient moves 5 levels per source frame, so consecutive 24 fps frames differ by 5*src/24 levels.
     steps = np.diff(video[:, 10, 10, 0])
     assert np.all((steps >= 0) & (steps <= 15))
@@ -133,8 +141,8 @@ def test_nan_and_zero_length_latents_are_counted(tmp_path):
         "height": 16,
         "num_frames": 29,
         "latents": {
-            "video": {"channels": 4, "spatial_stride": 8, "temporal_stride": 4, "causal_first_frame": True},
-            "audio": {"channels": 4, "sample_rate": 16000, "hop_length": 640},
+            "video": {"channels": 768, "spatial_stride": 8, "temporal_stride": 4, "causal_first_frame": True},
+            "audio": {"channels": 640, "sample_rate": 16000, "hop_length": 640},
             "video_codec": "deterministic",
             "audio_codec": "deterministic",
         },
@@ -145,7 +153,7 @@ def test_nan_and_zero_length_latents_are_counted(tmp_path):
         np.save(buffer, a)
         return buffer.getvalue()
 
-    nan = np.zeros((4, 8, 2, 2), np.float16)
+    nan = np.zeros((768, 8, 2, 2), np.float16)
     nan[0, 0, 0, 0] = np.nan
     with wds.TarWriter(str(tmp_path / "shard-000000.tar")) as sink:
         sink.write(
@@ -153,15 +161,15 @@ def test_nan_and_zero_length_latents_are_counted(tmp_path):
                 "__key__": "nan",
                 "json": json.dumps(meta).encode(),
                 "video_latent.npy": npy(nan),
-                "audio_latent.npy": npy(np.zeros((4, 30), np.float16)),
+                "audio_latent.npy": npy(np.zeros((640, 30), np.float16)),
             }
         )
         sink.write(
             {
                 "__key__": "empty",
                 "json": json.dumps(meta).encode(),
-                "video_latent.npy": npy(np.zeros((4, 0, 2, 2), np.float16)),
-                "audio_latent.npy": npy(np.zeros((4, 30), np.float16)),
+                "video_latent.npy": npy(np.zeros((768, 0, 2, 2), np.float16)),
+                "audio_latent.npy": npy(np.zeros((640, 30), np.float16)),
             }
         )
         odd_geometry = {**meta, "latents": {**meta["latents"], "video": {"stride": 8}}}
@@ -169,8 +177,8 @@ def test_nan_and_zero_length_latents_are_counted(tmp_path):
             {
                 "__key__": "odd_geometry",
                 "json": json.dumps(odd_geometry).encode(),
-                "video_latent.npy": npy(np.zeros((4, 8, 2, 2), np.float16)),
-                "audio_latent.npy": npy(np.zeros((4, 30), np.float16)),
+                "video_latent.npy": npy(np.zeros((768, 8, 2, 2), np.float16)),
+                "audio_latent.npy": npy(np.zeros((640, 30), np.float16)),
             }
         )
         lying = {**meta, "latents": {k: v for k, v in meta["latents"].items() if k != "audio"}}
@@ -178,8 +186,8 @@ def test_nan_and_zero_length_latents_are_counted(tmp_path):
             {
                 "__key__": "lying",
                 "json": json.dumps(lying).encode(),
-                "video_latent.npy": npy(np.zeros((4, 8, 2, 2), np.float16)),
-                "audio_latent.npy": npy(np.zeros((4, 30), np.float16)),
+                "video_latent.npy": npy(np.zeros((768, 8, 2, 2), np.float16)),
+                "audio_latent.npy": npy(np.zeros((640, 30), np.float16)),
             }
         )
         sink.write(
@@ -188,21 +196,22 @@ def test_nan_and_zero_length_latents_are_counted(tmp_path):
                 "json": json.dumps(
                     {**meta, "latents": {**meta["latents"], "video_codec": "wan:/x"}}
                 ).encode(),
-                "video_latent.npy": npy(np.zeros((4, 8, 2, 2), np.float16)),
-                "audio_latent.npy": npy(np.zeros((4, 30), np.float16)),
+                "video_latent.npy": npy(np.zeros((768, 8, 2, 2), np.float16)),
+                "audio_latent.npy": npy(np.zeros((640, 30), np.float16)),
             }
         )
     config = {
         "sources": [{"name": "a", "urls": str(tmp_path)}],
+        "format": latent_format("deterministic", "deterministic"),
         "latents": {"video": "deterministic", "audio": "deterministic"},
         "buckets": {"batch_size": 1, "latent_frames": [8]},
     }
     loader = loader_for(config, workers=0)
     assert list(loader) == []
-    assert loader.stats()["nan_latent"] == 1 and loader.stats()["zero_length"] == 1
-    assert loader.stats()["latent_codec"] == 1
-    assert loader.stats()["invalid_sample: KeyError"] == 1  # metadata without the audio geometry
-    assert loader.stats()["invalid_sample: TypeError"] == 1  # a geometry that is not a VideoGeometry
+    stats = loader.stats()
+    assert stats["nan_latent"] == 1 and stats["zero_length"] == 1 and stats["latent_codec"] == 1
+    # Metadata without the audio geometry, and a geometry that is not one: the schema says so.
+    assert stats["schema"] == 2 and sum(stats.values()) == 5
 
 
 def test_cached_latents_round_trip_to_batches(tmp_path, clips):
@@ -216,6 +225,7 @@ def test_cached_latents_round_trip_to_batches(tmp_path, clips):
     )
     config = {
         "sources": [{"name": "a", "urls": str(tmp_path)}],
+        "format": latent_format(spec, "deterministic:hop_length=640"),
         "latents": {"video": spec, "audio": "deterministic:hop_length=640"},
         "buckets": {"batch_size": 2, "latent_frames": [7, 5]},
     }
@@ -224,8 +234,8 @@ def test_cached_latents_round_trip_to_batches(tmp_path, clips):
     assert loader.stats()["kept"] == 6 and batches
     for b in batches:
         # 1.2 s at 24 fps -> 28 frames -> 25 usable (1 + 4*6) -> 7 latent frames of 192 channels.
-        assert b["video_latent"].shape == (2, 3 * 4 * 64, 7, 4, 6)
-        assert b["audio_latent"].shape == (2, 640, math.ceil(25 / 24 * 25))
+        assert b.video_latent.shape == (2, 3 * 4 * 64, 7, 4, 6)
+        assert b.audio_latent.shape == (2, 640, math.ceil(25 / 24 * 25))
 
 
 def test_stage_filters_report_what_they_removed(shards, config_for):
@@ -282,7 +292,7 @@ def test_balancing_weights_change_the_speaking_share(shards, config_for):
     )
     loader = loader_for(config, workers=0)
     batches = list(loader)
-    speaking = sum("<W>" in b["captions"][0] for b in batches)
+    speaking = sum("<W>" in b.captions[0] for b in batches)
     assert speaking == 12 and len(batches) - speaking < 12  # every speaking clip, few silent ones
     assert loader.stats()["balance"] == 12 - (len(batches) - speaking)
 
@@ -346,27 +356,27 @@ def test_pipeline_applies_tasks_and_references(tmp_path, clips, config_for):
         buckets={"batch_size": 1, "resolutions": [[32, 48], [48, 32], [40, 40]], "frames": [25]},
     )
     batches = list(loader_for(config, workers=0))
-    assert batches and all(b["tasks"] == ["r2va"] and b["captions"] == [""] for b in batches)
-    assert all(b["references"][0].shape == (2, *b["video"].shape[2:4], 3) for b in batches)
-    assert all(b["mutual"].all() for b in batches)
+    assert batches and all(b.tasks == ["r2va"] and b.captions == [""] for b in batches)
+    assert all(b.references[0].shape == (2, *b.video.shape[2:4], 3) for b in batches)
+    assert all(b.mutual.all() for b in batches)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_reproduces_the_exact_sample_sequence(shards, config_for, workers):
     config = config_for(shards, tasks={"caption_dropout": 0.2, "mutual_dropout": 0.3, "i2va_from_epoch": 0})
     full = list(loader_for(config, workers))
-    reference = [(b["keys"], b["tasks"], b["mutual"].tolist()) for b in full]
+    reference = [(b.keys, b.tasks, b.mutual.tolist()) for b in full]
     for stop in (1, 3, len(full) - 1):
         first = loader_for(config, workers)
         seen = []
         for batch in first:
-            seen.append((batch["keys"], batch["tasks"], batch["mutual"].tolist()))
+            seen.append((batch.keys, batch.tasks, batch.mutual.tolist()))
             if len(seen) == stop:
                 break
         state = json.loads(json.dumps(first.state_dict()))  # it must survive a checkpoint
         resumed = loader_for(config, workers)
         resumed.load_state_dict(state)
-        rest = [(b["keys"], b["tasks"], b["mutual"].tolist()) for b in resumed]
+        rest = [(b.keys, b.tasks, b.mutual.tolist()) for b in resumed]
         assert seen + rest == reference, stop
         assert resumed.stats()["kept"] == loader_for_stats(config, workers)
 

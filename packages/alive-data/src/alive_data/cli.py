@@ -71,7 +71,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if not urls:
         print("error: no shards matched", file=sys.stderr)
         return 2
-    report = inspect_shards(urls, decode=args.decode, fps=args.fps, sample_rate=args.sample_rate)
+    report = inspect_shards(urls, decode=args.decode)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     return 0
 
@@ -100,8 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument(
         "--decode", action="store_true", help="also decode media/latents (slower, finds bad clips)"
     )
-    i.add_argument("--fps", type=float, default=WriteOptions.fps)
-    i.add_argument("--sample-rate", type=int, default=WriteOptions.sample_rate)
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=_inspect)
     return parser

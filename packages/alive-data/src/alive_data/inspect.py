@@ -8,7 +8,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from alive_data.samples import BadSample, load_sample, read_metadata
+from alive_data.samples import BadSample, load_sample, read_metadata, recorded_format
 from alive_data.shards import iter_samples
 
 DURATION_BINS = (2.0, 5.0, 10.0, 20.0)
@@ -43,10 +43,9 @@ class InspectReport:
         return {k: dict(v.most_common()) if isinstance(v, Counter) else v for k, v in vars(self).items()}
 
 
-def inspect_shards(
-    urls: list[str], decode: bool = False, fps: float = 24.0, sample_rate: int = 16_000, progress: bool = True
-) -> InspectReport:
-    """Read every sample; with ``decode`` also decode media/latents (finds undecodable clips, NaNs)."""
+def inspect_shards(urls: list[str], decode: bool = False, progress: bool = True) -> InspectReport:
+    """Read every sample; with ``decode`` also decode media/latents (finds undecodable clips, NaNs),
+    each in the format (fps, sample rate, latent geometry) its metadata records."""
     report = InspectReport(shards=len(urls))
 
     def on_error(url: str, exn: Exception) -> None:
@@ -59,11 +58,10 @@ def inspect_shards(
         report.samples += 1
         report.members.update(k for k in raw if not k.startswith("__"))
         try:
+            meta, _ = read_metadata(raw)
             if decode:
                 latents = "video_latent.npy" in raw and "mp4" not in raw
-                meta = load_sample(raw, fps, sample_rate, use_latents=latents).meta
-            else:
-                meta, _ = read_metadata(raw)
+                load_sample(raw, recorded_format(meta), latents=latents)
         except BadSample as e:
             report.bad[e.reason] += 1
             if e.reason == "malformed_caption":

@@ -48,7 +48,8 @@ class TaskConfig:
     paper introduces I2VA after the first epoch with p=0.4), and reference pairs at ``reference_prob``
     when a sample has reference images. ``probabilities`` replaces that schedule with a fixed mix
     (CCL: {"t2v": 0.05, "t2a": 0.05, "a2v": 0.15, "v2a": 0.15, "t2va": 0.6}).
-    Caption dropout trains the null caption; mutual dropout (p=0.3) trains the "indep" state.
+    Caption dropout trains the null caption; mutual dropout (p=0.3) trains the "indep" state of the
+    tasks that generate both streams (A2V / V2A keep the exchange: it carries their condition).
     """
 
     i2va_prob: float = 0.4
@@ -81,5 +82,8 @@ class TaskConfig:
         else:
             name = "t2va"
         dropped = uniform(seed, epoch, key, "caption") < self.caption_dropout
-        mutual = TASKS[name].mutual and uniform(seed, epoch, key, "mutual") >= self.mutual_dropout
+        spec = TASKS[name]
+        # A clean stream reaches the generated one only through the exchange: never drop it there.
+        conditioned = spec.video_clean or spec.audio_clean
+        mutual = spec.mutual and (conditioned or uniform(seed, epoch, key, "mutual") >= self.mutual_dropout)
         return name, dropped, mutual

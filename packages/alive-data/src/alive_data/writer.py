@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from alive_data.avformat import AVFormat
 from alive_data.labels import LabelTable, default_table
 from alive_data.media import MediaError, decode_clip, encode_flac, encode_mp4, fit_frames
 from alive_data.samples import BadSample
@@ -128,11 +129,14 @@ class _Worker:
         torch.set_num_threads(1)
         cls.options = options
         cls.labels = LabelTable.from_file(options.label_table) if options.label_table else default_table()
+        cls.codecs = None  # class state outlives a run in this process (and forked workers inherit it)
         if options.video_codec:
             cls.codecs = (
                 video_codec_from_spec(options.video_codec),
                 audio_codec_from_spec(options.audio_codec or "deterministic"),
             )
+            # The codecs define the audio rate: refuse options that disagree (AVFormat checks it).
+            AVFormat(options.fps, options.sample_rate, *(c.geometry for c in cls.codecs))
 
     @classmethod
     def process(cls, item: SourceItem) -> tuple[str, dict | None, str, str]:

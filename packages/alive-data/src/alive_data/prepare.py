@@ -1,0 +1,156 @@
+"""The stateless per-sample step: a raw shard sample -> a training sample in its bucket, or a skip.
+
+    metadata check -> stage filter -> balancing -> task assignment -> bucket
+    -> decode (PyAV) or cached latents, checked against the pipeline's format -> cut to the bucket
+
+A pure function of (config, epoch, raw sample): random choices are hashes of (seed, epoch, key), so a
+sample prepares the same way wherever and whenever it is read. Only errors that mean bad data
+(:class:`BadSample`, :class:`MediaError`) become skips; anything else is a bug and propagates.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from alive_data.batch import TrainingSample
+from alive_data.media import MediaError, decode_image, fit_frames
+from alive_data.pipeline import PipelineConfig
+from alive_data.samples import BadSample, Sample, load_sample, read_metadata
+from alive_data.schema import lookup
+from alive_data.tasks import TASKS, uniform
+from alive_models.text.conditioning import NULL_CAPTION
+
+Bucket = tuple[str, int, int, int]  # ("pixels" | "latent", frames or latent frames, height, width)
+_REFERENCE = re.compile(r"ref_(\d+)\.jpg")
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Why a sample was dropped: ``reason`` is the counter name."""
+
+    reason: str
+    detail: str = ""
+
+
+@dataclass
+class Prepared:
+    """A sample ready for its bucket."""
+
+    bucket: Bucket
+    sample: TrainingSample
+
+
+class SamplePreparer:
+    """``preparer(raw, epoch) -> Prepared | Skip`` for one pipeline config."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.c, self.format = config, config.format
+        self._max_weight = max((w for t in config.balance.values() for w in t.values()), default=1.0)
+        self._frames = sorted(config.buckets.frames, reverse=True)
+        self._latent_frames = sorted(config.buckets.latent_frames, reverse=True)
+
+    def __call__(self, raw: dict[str, Any], epoch: int) -> Prepared | Skip:
+        try:
+            return self._prepare(raw, epoch)
+        except BadSample as e:
+            return Skip(e.reason, e.detail)
+        except MediaError as e:
+            return Skip(e.reason, str(e))
+
+    def _prepare(self, raw: dict[str, Any], epoch: int) -> Prepared | Skip:
+        c, key = self.c, raw["__key__"]
+        meta, caption = read_metadata(raw)
+        reason = c.filter.reason(meta)
+        if reason is not None:
+            return Skip(reason)
+        if c.balance and uniform(c.seed, epoch, key, "balance") >= self._balance_weight(meta):
+            return Skip("balance")
+        refs = sorted((int(m[1]), name) for name in raw if (m := _REFERENCE.fullmatch(name)))
+        task, dropped, mutual = c.tasks.assign(c.seed, epoch, key, bool(refs))
+        bucket = self.bucket(meta)
+        if bucket is None:
+            return Skip("too_short")
+        sample = load_sample(raw, self.format, latents=c.latents is not None, codecs=c.latents)
+        media = self._fit_latents(sample, bucket) if c.latents else self._fit_pixels(sample, bucket)
+        size = self._frame_size(bucket)
+        spec = TASKS[task]
+        references = np.zeros((0, *size, 3), np.uint8)
+        if spec.references:
+            if not refs:
+                return Skip("no_references", f"task {task} needs reference images")
+            references = np.stack([fit_frames(decode_image(raw[name])[None], size)[0] for _, name in refs])
+        return Prepared(
+            bucket,
+            TrainingSample(
+                key=key,
+                task=task,
+                spec=spec,
+                mutual=mutual,
+                caption=NULL_CAPTION if dropped else meta["caption"],
+                transcript="" if dropped else caption.speech_text,
+                references=references,
+                **media,
+            ),
+        )
+
+    def _balance_weight(self, meta: Mapping[str, Any]) -> float:
+        weight = 1.0
+        for path, table in self.c.balance.items():
+            value = lookup(dict(meta), path)
+            name = str(value).lower() if isinstance(value, bool) else str(value)
+            weight *= table.get(name, table.get("*", 1.0))
+        return weight / self._max_weight
+
+    def bucket(self, meta: Mapping[str, Any]) -> Bucket | None:
+        """The bucket of a validated sample's metadata; None when it is shorter than every length."""
+        frames = meta.get("num_frames", round(meta["duration"] * self.format.fps))
+        if self.c.latents is not None:
+            g = self.format.video
+            t = g.timeline.num_video_latents(frames, strict=False)
+            fit = next((n for n in self._latent_frames if n <= t), None)
+            s = g.spatial_stride
+            return None if fit is None else ("latent", fit, meta["height"] // s, meta["width"] // s)
+        aspect = math.log(meta["width"] / meta["height"])
+        height, width = min(self.c.buckets.resolutions, key=lambda r: abs(math.log(r[1] / r[0]) - aspect))
+        fit = next((n for n in self._frames if n <= frames), None)
+        return None if fit is None else ("pixels", fit, height, width)
+
+    def _frame_size(self, bucket: Bucket) -> tuple[int, int]:
+        """The clip's resolution in pixels (for latents: the resolution the cached latent encodes)."""
+        kind, _, height, width = bucket
+        s = self.format.video.spatial_stride if kind == "latent" else 1
+        return height * s, width * s
+
+    def _fit_pixels(self, sample: Sample, bucket: Bucket) -> dict[str, Any]:
+        _, length, height, width = bucket
+        if len(sample.frames) < length:
+            raise BadSample("short_video", f"{len(sample.frames)} frames decoded, need {length}")
+        rate = self.format.sample_rate
+        need = round(length / self.format.fps * rate)
+        audio = sample.audio[:need]
+        if len(audio) < need - rate // 10:  # more than 0.1 s missing
+            raise BadSample("short_audio", f"{len(audio)} samples, need {need}")
+        return {
+            "video": fit_frames(sample.frames[:length], (height, width)),
+            "audio": np.pad(audio, (0, need - len(audio))),
+            "audio_length": len(audio),
+        }
+
+    def _fit_latents(self, sample: Sample, bucket: Bucket) -> dict[str, Any]:
+        _, length, height, width = bucket
+        video, audio = sample.video_latent, sample.audio_latent
+        if video.shape[2:] != (height, width):
+            raise BadSample("latent_shape", f"video latent {video.shape}, metadata says {height}x{width}")
+        if video.shape[1] < length:
+            raise BadSample("short_video", f"{video.shape[1]} latent frames, need {length}")
+        frames = self.format.video.timeline.num_frames(length)
+        need = self.format.audio.num_latents(round(frames / self.format.fps * self.format.sample_rate))
+        if audio.shape[-1] < need:
+            raise BadSample("short_audio", f"{audio.shape[-1]} audio latents, need {need}")
+        return {"video_latent": video[:, :length], "audio_latent": audio[:, :need], "audio_length": need}
