@@ -16,16 +16,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from alive_data.pipeline import AVStream, PipelineConfig, ResumableLoader
+from alive_data.avformat import AVFormat
+from alive_data.loader import ResumableLoader
+from alive_data.pipeline import PipelineConfig
+from alive_data.stream import AVStream
 from alive_data.synthetic import make_clips
 from alive_data.writer import WriteOptions, write_shards
+from alive_models.codecs import audio_codec_from_spec, video_codec_from_spec
 from alive_models.testing import save_tiny_vaes
 
 
 def samples_per_second(config: dict, workers: int) -> tuple[float, int]:
     loader = ResumableLoader(AVStream(PipelineConfig.from_dict(config)), num_workers=workers)
     start = time.perf_counter()
-    count = sum(len(batch["keys"]) for batch in loader)
+    count = sum(batch.batch_size for batch in loader)
     return count / (time.perf_counter() - start), count
 
 
@@ -56,6 +60,9 @@ def main() -> None:
         latents = {
             **mp4,
             "sources": [{"name": "a", "urls": str(root / "latents")}],
+            "format": AVFormat.from_codecs(
+                24, video_codec_from_spec(video_codec), audio_codec_from_spec(audio_codec)
+            ).to_dict(),
             "latents": {"video": video_codec, "audio": audio_codec},
             "buckets": {"batch_size": 4, "latent_frames": [(frames - 1) // 4 + 1]},
         }

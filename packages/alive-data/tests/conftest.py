@@ -34,3 +34,31 @@ def config_for():
         return config
 
     return build
+
+
+@pytest.fixture(scope="session")
+def add_references():
+    """``add_references(shard_dir, out_dir, count_for)``: see :func:`_add_references`."""
+    return _add_references
+
+
+def _add_references(shard_dir: Path, out_dir: Path, count_for) -> None:
+    """Rewrite every shard of ``shard_dir`` into ``out_dir`` with ``count_for(index)`` reference images
+    (``ref_K.jpg``, distinct pictures) added to the index-th sample."""
+    import webdataset as wds
+
+    from alive_data.media import encode_jpeg
+    from alive_data.synthetic import moving_clip
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index = 0
+    for shard in sorted(shard_dir.glob("shard-*.tar")):
+        with wds.TarWriter(str(out_dir / shard.name)) as sink:
+            for sample in wds.WebDataset(str(shard), shardshuffle=False):
+                refs = {
+                    f"ref_{k}.jpg": encode_jpeg(moving_clip(1, 1, 48, 64, 40 * k + index)[0])
+                    for k in range(count_for(index))
+                }
+                members = {k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"}
+                sink.write({**members, **refs})
+                index += 1
