@@ -361,11 +361,7 @@ def test_pipeline_applies_tasks_and_references(tmp_path, clips, config_for):
     assert all(b.mutual.all() for b in batches)
 
 
-# In the main process every clip decodes on one core: the 0-worker runs take longer than 10 s.
-ZERO_AND_TWO_WORKERS = [pytest.param(0, marks=pytest.mark.slow), 2]
-
-
-@pytest.mark.parametrize("workers", ZERO_AND_TWO_WORKERS)
+@pytest.mark.parametrize("workers", [0, 2])
 def test_resume_reproduces_the_exact_sample_sequence(shards, config_for, workers):
     config = config_for(shards, tasks={"caption_dropout": 0.2, "mutual_dropout": 0.3, "i2va_from_epoch": 0})
     uninterrupted = loader_for(config, workers)
@@ -397,7 +393,7 @@ def same_batch(a, b) -> bool:
     )
 
 
-@pytest.mark.parametrize("workers", ZERO_AND_TWO_WORKERS)
+@pytest.mark.parametrize("workers", [0, 2])
 def test_each_batch_carries_the_state_that_resumes_right_after_it(shards, config_for, workers):
     # Lightning prefetches: when the trainer checkpoints after batch k, the loader has produced k + 1.
     config = config_for(shards, tasks={"caption_dropout": 0.2, "mutual_dropout": 0.3, "i2va_from_epoch": 0})

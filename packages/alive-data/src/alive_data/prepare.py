@@ -21,7 +21,7 @@ import numpy as np
 from alive_data.batch import TrainingSample
 from alive_data.media import MediaError, decode_image, fit_frames
 from alive_data.pipeline import PipelineConfig
-from alive_data.samples import BadSample, Sample, load_sample, read_metadata
+from alive_data.samples import BadSample, Sample, load_media, read_metadata
 from alive_data.schema import lookup
 from alive_data.tasks import TASKS, uniform
 from alive_models.text.conditioning import NULL_CAPTION
@@ -76,7 +76,7 @@ class SamplePreparer:
         bucket = self.bucket(meta)
         if bucket is None:
             return Skip("too_short")
-        sample = load_sample(raw, self.format, latents=c.latents is not None, codecs=c.latents)
+        sample = load_media(raw, meta, caption, self.format, latents=c.latents is not None, codecs=c.latents)
         media = self._fit_latents(sample, bucket) if c.latents else self._fit_pixels(sample, bucket)
         size = self._frame_size(bucket)
         spec = TASKS[task]

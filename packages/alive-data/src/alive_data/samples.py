@@ -16,7 +16,7 @@ import numpy as np
 
 from alive_data.avformat import AVFormat
 from alive_data.media import MediaError, decode_clip
-from alive_data.schema import MetadataError, parse_metadata
+from alive_data.schema import MetadataError, latent_cache, parse_metadata
 from alive_models.caption import Caption, check_caption
 
 
@@ -61,7 +61,7 @@ def read_metadata(raw: dict[str, Any]) -> tuple[dict[str, Any], Caption]:
 
 def recorded_format(meta: dict[str, Any]) -> AVFormat:
     """The format a (validated) sample says it was written in: what ``inspect`` decodes it with."""
-    cache = parse_metadata(meta).latents
+    cache = latent_cache(meta)
     rate = meta.get("sample_rate") or (cache.audio.sample_rate if cache else AVFormat.sample_rate)
     if cache is None:
         return AVFormat(meta["fps"], rate)
@@ -77,7 +77,7 @@ def check_format(meta: dict[str, Any], fmt: AVFormat, codecs: Mapping[str, str] 
         raise BadSample("wrong_sample_rate", f"{meta['sample_rate']} Hz, expected {fmt.sample_rate} Hz")
     if codecs is None:
         return
-    cache = parse_metadata(meta).latents
+    cache = latent_cache(meta)
     if cache is None:
         raise BadSample("missing_latents", "no latent geometry in the metadata")
     cached = {"video": cache.video_codec, "audio": cache.audio_codec}
@@ -114,14 +114,24 @@ def load_sample(
     ({"video": spec, "audio": spec}) must then name the codecs they were cached with.
     """
     meta, caption = read_metadata(raw)
+    return load_media(raw, meta, caption, fmt, latents, codecs)
+
+
+def load_media(
+    raw: dict[str, Any],
+    meta: dict[str, Any],
+    caption: Caption,
+    fmt: AVFormat,
+    latents: bool = False,
+    codecs: Mapping[str, str] | None = None,
+) -> Sample:
+    """:func:`load_sample` for metadata already read with :func:`read_metadata`."""
     check_format(meta, fmt, codecs)
     key = raw["__key__"]
     if latents:
-        if "video_latent.npy" not in raw or "audio_latent.npy" not in raw:
+        cache = latent_cache(meta)
+        if cache is None or "video_latent.npy" not in raw or "audio_latent.npy" not in raw:
             raise BadSample("missing_latents")
-        cache = parse_metadata(meta).latents
-        if cache is None:
-            raise BadSample("missing_latents", "no latent geometry in the metadata")
         video = _load_npy(raw["video_latent.npy"], "video_latent", cache.video.channels, 4)
         audio = _load_npy(raw["audio_latent.npy"], "audio_latent", cache.audio.channels, 2)
         return Sample(key, meta, caption, video_latent=video, audio_latent=audio)

@@ -139,6 +139,11 @@ def parse_metadata(meta: Any) -> SampleMetadata:
         raise MetadataError([_problem(err) for err in e.errors()]) from None
 
 
+def latent_cache(meta: dict[str, Any]) -> LatentCache | None:
+    """The typed ``latents`` entry of metadata that passed :func:`parse_metadata`."""
+    return LatentCache.model_validate(meta["latents"]) if meta.get("latents") is not None else None
+
+
 def validate_metadata(meta: Any) -> list[str]:
     """Every schema problem of one sample's metadata; empty when it is valid."""
     try:
