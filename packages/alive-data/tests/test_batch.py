@@ -131,3 +131,14 @@ def test_batch_moves_and_checks_itself(shards, config_for):
         AVBatch(**{**vars(b), "video_latent": torch.zeros(2, 1, 1, 1, 1)})
     with pytest.raises(ValueError, match="batch sizes"):
         AVBatch(**{**vars(b), "mutual": torch.ones(3, dtype=torch.bool)})
+
+
+def test_a_fixed_reference_task_skips_samples_without_references(with_refs, config_for):
+    config = config_for(
+        with_refs,
+        tasks={"probabilities": {"r2va": 1.0}},
+        buckets={"batch_size": 1, "resolutions": [[32, 48]], "frames": [25]},
+    )
+    loader = ResumableLoader(AVStream(PipelineConfig.from_dict(config)))
+    assert all(b.tasks == ["r2va"] and b.reference_mask.all() for b in loader)
+    assert loader.stats() == {"kept": 16, "no_references": 8, "partial_batch": 0}

@@ -73,17 +73,17 @@ class SamplePreparer:
             return Skip("balance")
         refs = sorted((int(m[1]), name) for name in raw if (m := _REFERENCE.fullmatch(name)))
         task, dropped, mutual = c.tasks.assign(c.seed, epoch, key, bool(refs))
+        spec = TASKS[task]
+        if spec.references and not refs:  # a fixed task mix can draw r2va for any sample
+            return Skip("no_references", f"task {task} needs reference images")
         bucket = self.bucket(meta)
         if bucket is None:
             return Skip("too_short")
         sample = load_media(raw, meta, caption, self.format, latents=c.latents is not None, codecs=c.latents)
         media = self._fit_latents(sample, bucket) if c.latents else self._fit_pixels(sample, bucket)
         size = self._frame_size(bucket)
-        spec = TASKS[task]
         references = np.zeros((0, *size, 3), np.uint8)
         if spec.references:
-            if not refs:
-                return Skip("no_references", f"task {task} needs reference images")
             references = np.stack([fit_frames(decode_image(raw[name])[None], size)[0] for _, name in refs])
         return Prepared(
             bucket,
