@@ -38,7 +38,8 @@ def test_rules_make_speech_sound_and_subjects():
 
 def test_rules_resolve_a_pronoun_speaker_and_keep_attributes():
     caption = structure_prompt(
-        'A young woman in a red coat stands on a rainy street. She says "Is anyone there?" We hear distant thunder.'
+        'A young woman in a red coat stands on a rainy street. She says "Is anyone there?" '
+        "We hear distant thunder."
     )
     assert caption.subjects["Subject1"] == "A young woman in a red coat."
     assert caption.transcript[0].speaker == "Subject1"
@@ -69,7 +70,7 @@ def test_bad_prompts_are_clear_errors(text, message):
 
 
 def test_structured_caption_passes_through_untouched():
-    text = "Subjects: Subject1: A man. Visual: A room. Narration: Subject1 says <W>hi</W> as <I>a door creaks</I>."
+    text = "Subjects: Subject1: A man. Visual: A room. Narration: Subject1 says <W>hi</W> as <I>a door creaks</I>"
     prepared = prepare_prompt(text)
     assert prepared.source == "structured" and prepared.caption == validate_caption(text)
 
@@ -85,7 +86,7 @@ def test_quality_steering_prefix():
 
 
 def test_a_rewriter_answer_is_used_when_it_parses():
-    good = "Sure! Subjects: Subject1: A dog. Visual: A park at dusk. Narration: Subject1 runs, <I>dog barking</I>."
+    good = "Sure! Subjects: Subject1: A dog. Visual: A park at dusk. Narration: Subject1 runs, <I>dog barking</I>"
     prepared = prepare_prompt("a dog", rewriter=lambda p: good)
     assert prepared.source == "rewriter" and prepared.caption.events == ("dog barking",)
     bad = prepare_prompt('A man says "hi"', rewriter=lambda p: "no idea")
