@@ -70,7 +70,7 @@ def test_bad_prompts_are_clear_errors(text, message):
 
 
 def test_structured_caption_passes_through_untouched():
-    text = "Subjects: Subject1: A man. Visual: A room. Narration: Subject1 says <W>hi</W> as <I>a door creaks</I>"
+    text = "Subjects: Subject1: A man. Visual: A room. Narration: Subject1 says <W>hi</W>, <I>door creaks</I>"
     prepared = prepare_prompt(text)
     assert prepared.source == "structured" and prepared.caption == validate_caption(text)
 
@@ -86,7 +86,7 @@ def test_quality_steering_prefix():
 
 
 def test_a_rewriter_answer_is_used_when_it_parses():
-    good = "Sure! Subjects: Subject1: A dog. Visual: A park at dusk. Narration: Subject1 runs, <I>dog barking</I>"
+    good = "Sure! Subjects: Subject1: A dog. Visual: A park. Narration: Subject1 runs, <I>dog barking</I>"
     prepared = prepare_prompt("a dog", rewriter=lambda p: good)
     assert prepared.source == "rewriter" and prepared.caption.events == ("dog barking",)
     bad = prepare_prompt('A man says "hi"', rewriter=lambda p: "no idea")
