@@ -396,6 +396,7 @@ class GuidedVelocity:
         self.groups = [g for g in self.groups if g]
         self.memory: dict[str, dict] = {"video": {}, "audio": {}}
         self.forwards = 0  # model calls made (benchmarks, tests)
+        self._text: dict[tuple[State, ...], CaptionConditioning] = {}
         param = next(model.parameters(), None)
         self.dtype = param.dtype if param is not None else torch.float32
 
@@ -403,7 +404,9 @@ class GuidedVelocity:
         self, states: tuple[State, ...], xv: Tensor, xa: Tensor, tv: Tensor, ta: Tensor
     ) -> JointInputs:
         n = len(states)
-        text = _cat([self.texts[s.text] for s in states])
+        if states not in self._text:  # the text batch of a group is the same every step
+            self._text[states] = _cat([self.texts[s.text] for s in states])
+        text = self._text[states]
         b = xv.shape[0]
         mutual = torch.tensor([s.mutual for s in states], device=xv.device).repeat_interleave(b)
 
