@@ -94,6 +94,7 @@ def test_alive_infer_installs_and_imports_without_the_training_stack(tmp_path):
     )
     probe = (
         "import importlib.util, alive_infer, alive_models, torch\n"
+        "import alive_infer.pipeline, alive_infer.prompt, alive_models.mp4  # every module imports alone\n"
         f"missing = [m for m in {BANNED!r} if importlib.util.find_spec(m) is None]\n"
         f"assert missing == list({BANNED!r}), missing\n"
         "from alive_models import build_model, get_preset\n"

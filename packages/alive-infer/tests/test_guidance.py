@@ -1,0 +1,306 @@
+"""Guidance formulas against direct transcriptions of the papers' equations; batched == separate."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from alive_infer.guidance import (
+    CFG,
+    NI,
+    NM,
+    PI,
+    PM,
+    UCG,
+    AliveAPG,
+    DualReferenceCFG,
+    Guidance,
+    GuidedVelocity,
+    Momentum,
+    MultiModalCFG,
+    State,
+    TowerGuidance,
+    apg,
+    cfg,
+    dual_reference_cfg,
+    multimodal_cfg,
+    pad_conditionings,
+)
+from alive_models import JointInputs, build_model, get_preset
+from alive_models.testing import randomize_zero_inits
+from alive_models.text import CaptionConditioning
+
+SHAPE = (3, 4, 2, 3, 5)  # [B, C, T, H, W]
+
+
+def rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def paper_apg(delta, d_cond, eta, r=None, running=None, beta=None):
+    """Sadat et al. 2024, Algorithm 1, written per sample with flattened vectors."""
+    out, new_running = [], []
+    for b in range(delta.shape[0]):
+        dv = delta[b].flatten().double()
+        if beta is not None:
+            dv = dv + (beta * running[b].flatten().double() if running is not None else 0)
+            new_running.append(dv.clone())
+        if r is not None:
+            dv = dv * min(1.0, r / dv.norm().item())
+        unit = d_cond[b].flatten().double() / d_cond[b].flatten().double().norm()
+        par = (dv @ unit) * unit
+        out.append((dv - par + eta * par).view(delta.shape[1:]))
+    result = torch.stack(out).float()
+    return (result, torch.stack(new_running).view(delta.shape)) if beta is not None else result
+
+
+def test_cfg_is_the_textbook_formula():
+    u, c = rand(*SHAPE, seed=1), rand(*SHAPE, seed=2)
+    assert torch.allclose(cfg(u, c, 4.5), u + 4.5 * (c - u))
+    assert torch.equal(cfg(u, c, 1.0), c) or torch.allclose(cfg(u, c, 1.0), c)
+
+
+@pytest.mark.parametrize("r", [None, 3.0])
+def test_apg_matches_the_paper(r):
+    delta, ref = rand(*SHAPE, seed=3), rand(*SHAPE, seed=4)
+    assert torch.allclose(apg(delta, ref, 0.3, r), paper_apg(delta, ref, 0.3, r), atol=1e-6)
+    if r is not None:  # the threshold is active for these sizes
+        assert (delta.flatten(1).norm(dim=1) > r).all()
+
+
+def test_apg_eta_one_is_identity_and_eta_zero_removes_the_parallel_part():
+    delta, ref = rand(*SHAPE, seed=5), rand(*SHAPE, seed=6)
+    assert torch.allclose(apg(delta, ref, 1.0), delta, atol=1e-6)
+    orth = apg(delta, ref, 0.0)
+    assert torch.allclose((orth * ref).flatten(1).sum(1), torch.zeros(SHAPE[0]), atol=1e-4)
+
+
+def test_apg_momentum_matches_the_paper_over_steps():
+    m = Momentum(beta=-0.5)
+    running = None
+    for step in range(3):
+        delta, ref = rand(*SHAPE, seed=10 + step), rand(*SHAPE, seed=20 + step)
+        ours = apg(delta, ref, 0.4, norm_threshold=5.0, momentum=m)
+        theirs, running = paper_apg(delta, ref, 0.4, 5.0, running, beta=-0.5)
+        assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def four_states(seed=30):
+    return {s: rand(*SHAPE, seed=seed + i) for i, s in enumerate((PM, PI, NM, NI))}
+
+
+def test_alive_apg_on_velocities_is_eq_4_to_7_on_x0():
+    """Our velocity-space rule == eq. 4-7 written on denoised predictions with the paper's A."""
+    v = four_states()
+    x, t = rand(*SHAPE, seed=40), torch.tensor([0.9, 0.5, 0.07])
+    rule = AliveAPG(w1=2.0, w2=10.0, w3=2.0, eta=0.2)
+    ours = rule.combine(v, x, t, {})
+
+    tt = t.view(-1, 1, 1, 1, 1)
+    d = {s: x - tt * v[s] for s in v}  # D = x0 prediction
+    a = lambda vec: paper_apg(vec, d[PM], 0.2)  # noqa: E731
+    delta_total = a(d[PM] - d[NI])  # eq. 4
+    delta_text = a(d[PM] - d[NM])  # eq. 5
+    delta_mutual = a(d[PM] - d[PI])  # eq. 6
+    d_hat = d[NI] + 2.0 * delta_total + 10.0 * delta_text + 2.0 * delta_mutual  # eq. 7
+    assert torch.allclose(ours, (x - d_hat) / tt, atol=1e-4, rtol=1e-4)
+
+
+def test_alive_without_apg_is_the_same_in_eps_x0_and_v():
+    """eta = 1, no threshold: eq. 7 is linear, so eps-, x0- and v-space give one velocity."""
+    v = four_states(50)
+    x, t = rand(*SHAPE, seed=60), torch.tensor([0.8, 0.3, 0.5])
+    ours = AliveAPG(3.0, 3.0, 3.0, eta=1.0).combine(v, x, t, {})
+    tt = t.view(-1, 1, 1, 1, 1)
+    eps = {s: x + (1 - tt) * v[s] for s in v}
+    eps_hat = (
+        eps[NI] + 3 * (eps[PM] - eps[NI]) + 3 * (eps[PM] - eps[NM]) + 3 * (eps[PM] - eps[PI])
+    )  # eq. 4-7 with A = identity, on epsilon as the seed writes it
+    assert torch.allclose(ours, (eps_hat - x) / (1 - tt), atol=1e-4)
+
+
+def test_alive_apg_momentum_and_threshold_carry_across_calls():
+    rule = AliveAPG(eta=0.5, norm_threshold=1.0, momentum=-0.5)
+    memory = {}
+    x, t = rand(*SHAPE, seed=70), torch.full((3,), 0.6)
+    first = rule.combine(four_states(80), x, t, memory)
+    second = rule.combine(four_states(90), x, t, memory)
+    fresh = rule.combine(four_states(90), x, t, {})
+    assert set(memory) == {0, 1, 2} and not torch.allclose(second, fresh) and first.shape == x.shape
+
+
+def test_alive_apg_leaves_a_clean_tower_alone():
+    v = four_states()
+    out = AliveAPG().combine(v, rand(*SHAPE, seed=1), torch.zeros(3), {})
+    assert torch.equal(out, v[PM])
+
+
+def test_dual_reference_cfg_is_eq_9():
+    e00, et0, etr = (rand(*SHAPE, seed=s) for s in (1, 2, 3))
+    paper = e00 + 4.0 * (et0 - e00) + 1.5 * (etr - et0)
+    assert torch.allclose(dual_reference_cfg(e00, et0, etr, 4.0, 1.5), paper)
+    rule = DualReferenceCFG(4.0, 1.5)
+    v = dict(zip(rule.states, (e00, et0, etr), strict=True))
+    assert torch.allclose(rule.combine(v, e00, torch.ones(3), {}), paper)
+
+
+def test_multimodal_cfg_is_ccl_eq_2():
+    u0, c0, uc = (rand(*SHAPE, seed=s) for s in (4, 5, 6))
+    paper = u0 + 5.0 * (c0 - u0) + 2.5 * (uc - u0)
+    assert torch.allclose(multimodal_cfg(u0, c0, uc, 5.0, 2.5), paper)
+    v = {NI: u0, PI: c0, NM: uc}
+    assert torch.allclose(MultiModalCFG(5.0, 2.5).combine(v, u0, torch.ones(3), {}), paper)
+
+
+def test_ucg_is_ccl_eq_5():
+    v = {NI: rand(*SHAPE, seed=7), PM: rand(*SHAPE, seed=8)}
+    assert torch.allclose(UCG(4.0).combine(v, v[NI], torch.ones(3), {}), v[NI] + 4.0 * (v[PM] - v[NI]))
+
+
+def test_defaults_are_the_seed_weights_and_round_trip():
+    g = Guidance()
+    assert (g.video.w1, g.video.w2, g.video.w3, g.video.eta) == (3.0, 3.0, 3.0, 0.5)
+    assert (g.audio.w1, g.audio.w2, g.audio.w3, g.audio.eta) == (2.0, 10.0, 2.0, 0.2)
+    assert g.audio.norm_threshold is None and g.audio.momentum is None
+    assert len(g.states) == 4
+    mixed = Guidance(CFG(6.0), MultiModalCFG(4.0, 2.0))
+    assert Guidance.from_dict(mixed.to_dict()) == mixed
+    assert set(mixed.states) == {NM, PM, NI, PI}
+    with pytest.raises(ValueError, match="unknown guidance kind"):
+        Guidance.from_dict({"video": {"kind": "magic"}, "audio": {"kind": "cfg"}})
+
+
+# ---------------------------------------------------------------------------------------------------
+# The batched forward
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = build_model(get_preset("tiny"), seed=0).eval()
+    randomize_zero_inits(model, seed=1)  # open the fusion gates so "mutual" changes the output
+    return model
+
+
+def conditioning(config, batch, lengths, seed):
+    g = torch.Generator().manual_seed(seed)
+    v, a = config.video, config.audio
+    texts = [torch.randn(batch, n, d, generator=g) for n, d in zip(lengths[:2], v.text_dims, strict=True)]
+    masks = []
+    for n in lengths[:2]:
+        m = torch.ones(batch, n, dtype=torch.bool)
+        m[0, n - 2 :] = False  # the first sample is shorter: real padding inside the batch
+        masks.append(m)
+    cap_mask = torch.ones(batch, lengths[2], dtype=torch.bool)
+    cap_mask[-1, -1] = False
+    return CaptionConditioning(
+        video_texts=texts,
+        video_text_masks=masks,
+        audio_caption=torch.randn(batch, lengths[2], a.caption_dim, generator=g),
+        audio_caption_mask=cap_mask,
+        transcript_ids=torch.randint(0, a.transcript_vocab_size, (batch, lengths[3]), generator=g),
+        transcript_mask=torch.ones(batch, lengths[3], dtype=torch.bool),
+    )
+
+
+def latents(config, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = config.video.latent_channels
+    xv = torch.randn(batch, c, 3, 4, 6, generator=g)
+    xa = torch.randn(batch, config.audio.in_channels, 13, generator=g)
+    return xv, xa, torch.full((batch,), 0.7), torch.full((batch,), 0.7)
+
+
+def direct(model, cond, xv, xa, tv, ta, mutual, **extra):
+    """One state through the model with its own, unpadded conditioning."""
+    out = model(
+        JointInputs(
+            video=xv,
+            audio=xa,
+            t_video=tv,
+            t_audio=ta,
+            video_texts=cond.video_texts,
+            video_text_masks=cond.video_text_masks,
+            audio_caption=cond.audio_caption,
+            audio_caption_mask=cond.audio_caption_mask,
+            transcript_ids=cond.transcript_ids,
+            transcript_mask=cond.transcript_mask,
+            mutual=torch.full((xv.shape[0],), mutual),
+            **extra,
+        )
+    )
+    return out.video, out.audio
+
+
+def test_pad_conditionings_pads_with_masked_zeros():
+    cfg_ = get_preset("tiny")
+    a, b = conditioning(cfg_, 2, (5, 7, 6, 3), 1), conditioning(cfg_, 2, (8, 4, 9, 1), 2)
+    pa, pb = pad_conditionings([a, b])
+    assert pa.video_texts[0].shape[1] == pb.video_texts[0].shape[1] == 8
+    assert pa.audio_caption.shape[1] == 9 and pb.transcript_ids.shape[1] == 3
+    assert not pa.video_text_masks[0][:, 5:].any() and (pa.video_texts[0][:, 5:] == 0).all()
+    assert torch.equal(pa.video_texts[0][:, :5], a.video_texts[0])
+
+
+@torch.no_grad()
+def test_four_states_in_one_forward_equal_four_separate_forwards(tiny):
+    config = tiny.config
+    pos = conditioning(config, 2, (6, 9, 8, 4), seed=1)
+    neg = conditioning(config, 2, (3, 2, 5, 1), seed=2)  # shorter: padded inside the batch
+    xv, xa, tv, ta = latents(config)
+    guidance = Guidance()
+    batched = GuidedVelocity(tiny, pos, neg, guidance)
+    sequential = GuidedVelocity(tiny, pos, neg, guidance, batched=False)
+    pb, ps = batched.predictions(xv, xa, tv, ta), sequential.predictions(xv, xa, tv, ta)
+    assert (batched.forwards, sequential.forwards) == (1, 4)
+    for s in (PM, PI, NM, NI):
+        cond = pos if s.text == "pos" else neg
+        ref = direct(tiny, cond, xv, xa, tv, ta, s.mutual)
+        for got in (pb[s], ps[s]):
+            assert torch.allclose(got[0], ref[0], atol=2e-5) and torch.allclose(got[1], ref[1], atol=2e-5)
+    # The states really differ (so the comparison above can fail).
+    assert not torch.allclose(pb[PM][0], pb[PI][0], atol=1e-3)
+    assert not torch.allclose(pb[PM][1], pb[NM][1], atol=1e-3)
+    vb, vs = batched(xv, xa, tv, ta), sequential(xv, xa, tv, ta)
+    assert torch.allclose(vb[0], vs[0], atol=1e-4) and torch.allclose(vb[1], vs[1], atol=1e-4)
+
+
+@torch.no_grad()
+def test_reference_states_run_in_two_forwards_and_match(tiny):
+    config = tiny.config
+    pos = conditioning(config, 2, (6, 5, 4, 2), seed=3)
+    neg = conditioning(config, 2, (2, 2, 2, 1), seed=4)
+    xv, xa, tv, ta = latents(config, seed=5)
+    refs = torch.randn(2, 2, config.video.latent_channels, 4, 6)
+    guidance = Guidance(DualReferenceCFG(4.0, 2.0), CFG(3.0))
+    gv = GuidedVelocity(tiny, pos, neg, guidance, references=refs)
+    preds = gv.predictions(xv, xa, tv, ta)
+    assert gv.forwards == 2 and len(preds) == 4  # the audio CFG adds (neg, mutual, ref)
+    with_ref = direct(tiny, pos, xv, xa, tv, ta, True, references=refs)
+    without = direct(tiny, pos, xv, xa, tv, ta, True)
+    assert torch.allclose(preds[State("pos", True, True)][0], with_ref[0], atol=2e-5)
+    assert torch.allclose(preds[State("pos", True, False)][0], without[0], atol=2e-5)
+    assert not torch.allclose(with_ref[0], without[0], atol=1e-3)
+
+
+@torch.no_grad()
+def test_unguided_is_one_state_and_equals_the_plain_model(tiny):
+    config = tiny.config
+    pos = conditioning(config, 2, (4, 4, 4, 2), seed=6)
+    xv, xa, tv, ta = latents(config, seed=7)
+    gv = GuidedVelocity(tiny, pos, None, Guidance.unguided())
+    v = gv(xv, xa, tv, ta)
+    ref = direct(tiny, pos, xv, xa, tv, ta, True)
+    assert (
+        gv.forwards == 1
+        and torch.allclose(v[0], ref[0], atol=1e-5)
+        and torch.allclose(v[1], ref[1], atol=1e-5)
+    )
+    with pytest.raises(ValueError, match="negative"):
+        GuidedVelocity(tiny, pos, None, Guidance())
+
+
+def test_rules_declare_their_states():
+    assert TowerGuidance().states == (PM,)
+    assert set(CFG().states) == {NM, PM}
+    assert all(not s.reference for s in DualReferenceCFG().states[:2])
+    assert dataclasses.asdict(AliveAPG.audio_default())["w2"] == 10.0
