@@ -271,7 +271,7 @@ def _results(
             yield _Worker.process(item)
         return
     queue = deque(items)
-    while queue:
+    while queue and not stop.signal:
         pool = ProcessPoolExecutor(
             workers, _CONTEXT, initializer=_Worker.init, initargs=(options, os.getpid(), stop.event)
         )
@@ -289,6 +289,8 @@ def _results(
                 try:
                     result = future.result()
                 except BrokenProcessPool as e:
+                    if stop.signal:  # the workers were told to exit: nothing broke
+                        return
                     broken = True
                     for item, _ in pending:
                         yield item.key, None, "worker_died", f"a worker process died: {e}"
@@ -299,7 +301,7 @@ def _results(
         finally:
             if not (finished or broken):  # stopped, or the consumer failed: workers exit now
                 stop.event.set()
-            pool.shutdown(wait=finished or broken, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)  # quick: every worker is done or exiting
 
 
 def write_shards(
