@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -158,6 +159,15 @@ def test_write_report_keeps_every_run_even_from_an_older_single_run_file(tmp_pat
     assert [r["written"] for r in runs] == [5, 1, 0] and runs[2]["already_written"] == 1
 
 
+def test_a_setup_error_stops_the_run_before_any_worker_starts(tmp_path):
+    item = SourceItem("a", str(_clip(tmp_path / "a.mp4")), {"caption": PROBE_CAPTION})
+    with pytest.raises(ValueError, match="unknown video codec"):
+        write_shards(
+            [item], tmp_path / "out", WriteOptions(video_codec="nonsense:x"), workers=2, progress=False
+        )
+    assert not list((tmp_path / "out").glob("shard-*"))
+
+
 # -- interrupted and killed writers (real `alive-data write` processes) -------------------------
 
 
@@ -245,3 +255,27 @@ def test_workers_exit_when_the_writer_is_killed(tmp_path):
     os.kill(writer.pid, signal.SIGKILL)
     writer.wait(timeout=10)
     _wait_for(lambda: not [pid for pid in workers if _alive(pid)], timeout=5.0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_worker_that_dies_costs_only_its_clips_and_the_run_goes_on(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    _many_clips(src, 30)
+    items = scan_folder(src).items
+    reports = []
+    run = threading.Thread(
+        target=lambda: reports.append(write_shards(items, out, shard_samples=2, workers=2, progress=False))
+    )
+    run.start()  # not the main thread: write_shards leaves signal handling alone there
+    _wait_for(lambda: len(list(out.glob("shard-*.tar"))) >= 1, timeout=300)
+    workers = [
+        pid for pid in _children(os.getpid()) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    os.kill(workers[0], signal.SIGKILL)  # as the OOM killer would
+    run.join(timeout=300)
+    [report] = reports
+    lost = {b["key"] for b in report.bad_samples if b["reason"] == "worker_died"}
+    assert 1 <= len(lost) <= 8 and report.skipped == {"worker_died": len(lost)}  # only those in flight
+    assert report.written + len(lost) == len(items)
+    assert sorted(_stored(out)) == sorted({i.key for i in items} - lost)

@@ -78,7 +78,9 @@ def _open(source: BytesOrPath) -> av.container.InputContainer:
     try:
         return av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source))
     except (av.FFmpegError, ValueError, OSError) as e:
-        raise MediaError("not_media", f"cannot open as a media container: {e}") from e
+        # A shard member that does not open is a broken video; an input file, not media at all.
+        reason = "undecodable_video" if isinstance(source, bytes) else "not_media"
+        raise MediaError(reason, f"cannot open as a media container: {e}") from e
 
 
 class _NearestFrames:
@@ -90,11 +92,11 @@ class _NearestFrames:
         self.step = nominal_step  # a source frame's duration when its timestamps do not say
         self.start: float | None = None  # T0
         self.rotation = 0
-        self.pending: tuple[float, av.VideoFrame] | None = None  # the newest frame; its end is unknown
-        self.shown: tuple[float, av.VideoFrame] | None = None  # centre of the previous frame, the frame
-        self.pixels: np.ndarray | None = None  # ``shown`` as RGB, once it is used
-        self.out: list[np.ndarray] = []
-        self.count = 0
+        self.pending: tuple[float, av.VideoFrame] | None = None  # (start, frame): the newest frame
+        self.shown: tuple[float, av.VideoFrame] | None = None  # (centre, frame): the one before it
+        self.pixels: np.ndarray | None = None  # ``shown`` as RGB, converted when first shown
+        self.out: list[np.ndarray] = []  # output frames so far
+        self.count = 0  # source frames placed
         self.last_start = 0.0
 
     def push(self, frame: av.VideoFrame) -> None:
@@ -146,6 +148,8 @@ class _NearestFrames:
             raise MediaError("too_short", f"{end - self.start:.3f} s of video is less than one frame")
         while len(self.out) < count:
             self.out.append(self._shown_pixels())
+        if len({f.shape for f in self.out[:count]}) > 1:
+            raise MediaError("variable_resolution", "the frame size changes within the clip")
         return np.stack(self.out[:count]), self.start
 
     @property

@@ -143,7 +143,7 @@ class _Worker:
         if parent is not None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             _die_with_parent(parent, stop)
-        torch.set_num_threads(1)
+            torch.set_num_threads(1)  # the parallelism is the pool's
         cls.options = options
         cls.labels = LabelTable.from_file(options.label_table) if options.label_table else default_table()
         cls.codecs = None
@@ -237,8 +237,17 @@ class _StopRequest:
 
     def __init__(self) -> None:
         self.signal: str | None = None
-        self.event = _CONTEXT.Event()
+        self._event: Any = None
         self._previous: dict[int, Any] = {}
+
+    @property
+    def event(self) -> Any:
+        """The multiprocessing event workers watch (made on first use: in-process runs need none)."""
+        if self._event is None:
+            self._event = _CONTEXT.Event()
+            if self.signal:
+                self._event.set()
+        return self._event
 
     def __enter__(self) -> _StopRequest:
         if threading.current_thread() is threading.main_thread():
@@ -254,7 +263,8 @@ class _StopRequest:
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
-        self.event.set()
+        if self._event is not None:
+            self._event.set()
 
 
 def _results(
@@ -263,20 +273,23 @@ def _results(
     """Process items in order until done or stopped; with workers, at most 4 per worker in flight
     (bounded memory). A worker that dies (a crashing decoder, the OOM killer) costs only the items
     in flight, which are reported as ``worker_died``; a fresh pool takes the rest."""
+    _Worker.init(options)  # in-process state, or a check that workers can start (bad codec spec ...)
     if workers <= 0:
-        _Worker.init(options)
         for item in items:
             if stop.signal:
                 return
             yield _Worker.process(item)
         return
+    _Worker.codecs = None  # the workers build their own
     queue = deque(items)
+    idle_pools = 0  # pools in a row that broke before finishing a single item
     while queue and not stop.signal:
         pool = ProcessPoolExecutor(
             workers, _CONTEXT, initializer=_Worker.init, initargs=(options, os.getpid(), stop.event)
         )
         pending: deque = deque()
         finished = broken = False
+        completed = 0
         try:
             while queue or pending:
                 while queue and len(pending) < 4 * workers:
@@ -291,11 +304,15 @@ def _results(
                 except BrokenProcessPool as e:
                     if stop.signal:  # the workers were told to exit: nothing broke
                         return
+                    idle_pools = 0 if completed else idle_pools + 1
+                    if idle_pools == 2:  # two pools in a row did nothing: a setup error, not an input
+                        raise RuntimeError(f"writer worker processes keep failing: {e}") from e
                     broken = True
                     for item, _ in pending:
                         yield item.key, None, "worker_died", f"a worker process died: {e}"
                     break
                 pending.popleft()
+                completed += 1
                 yield result
             finished = not broken
         finally:
