@@ -198,16 +198,31 @@ def _wait_for(condition, timeout: float = 60.0) -> None:
         time.sleep(0.02)
 
 
-def _children(pid: int) -> list[int]:
-    children = []
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process."""
+    parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
+    return parents
+
+
+def _descendants(pid: int) -> list[int]:
+    parents, found, frontier = _parents(), [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def _writer_workers(pid: int) -> list[int]:
+    """The pool workers under process ``pid``: children of its forkserver."""
+    parents = _parents()
+    servers = [p for p in _descendants(pid) if b"forkserver" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    return [child for child, parent in parents.items() if parent in servers]
 
 
 def _alive(pid: int) -> bool:
@@ -224,7 +239,7 @@ def test_ctrl_c_stops_the_writer_keeping_complete_shards_and_a_rerun_finishes(tm
     _many_clips(src, 60)
     writer = _start_writer(src, out)
     _wait_for(lambda: len(list(out.glob("shard-*.tar"))) >= 2, timeout=300)
-    workers = _children(writer.pid)
+    workers = _descendants(writer.pid)  # the forkserver, the pool workers, the resource tracker
     writer.send_signal(signal.SIGINT)
     sent = time.monotonic()
     _, stderr = writer.communicate(timeout=30)
@@ -250,8 +265,8 @@ def test_workers_exit_when_the_writer_is_killed(tmp_path):
     _many_clips(src, 60)
     writer = _start_writer(src, out)
     _wait_for(lambda: len(list(out.glob("shard-*.tar"))) >= 1, timeout=300)
-    workers = _children(writer.pid)
-    assert len(workers) >= 2
+    assert len(_writer_workers(writer.pid)) == 2
+    workers = _descendants(writer.pid)
     os.kill(writer.pid, signal.SIGKILL)
     writer.wait(timeout=10)
     _wait_for(lambda: not [pid for pid in workers if _alive(pid)], timeout=5.0)
@@ -269,9 +284,8 @@ def test_a_worker_that_dies_costs_only_its_clips_and_the_run_goes_on(tmp_path):
     )
     run.start()  # not the main thread: write_shards leaves signal handling alone there
     _wait_for(lambda: len(list(out.glob("shard-*.tar"))) >= 1, timeout=300)
-    workers = [
-        pid for pid in _children(os.getpid()) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
+    workers = _writer_workers(os.getpid())
+    assert len(workers) == 2
     os.kill(workers[0], signal.SIGKILL)  # as the OOM killer would
     run.join(timeout=300)
     [report] = reports

@@ -61,9 +61,14 @@ from alive_data.shards import ShardSink, existing_shards
 from alive_models.caption import check_caption
 
 REPORT_NAME = "write_report.json"
-# spawn: workers start from a clean interpreter (no inherited threads or locks) on every OS, and
-# their parent is this process, which is what their parent-death check watches.
-_CONTEXT = multiprocessing.get_context("spawn")
+# Workers never inherit this process's threads or locks (no plain fork): they fork from a clean,
+# single-threaded forkserver that has imported this module (torch included) once, so every pool
+# after the first starts at once; spawn where there is no forkserver.
+_CONTEXT = multiprocessing.get_context(
+    "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+)
+if _CONTEXT.get_start_method() == "forkserver":
+    _CONTEXT.set_forkserver_preload([__name__])
 _POLL_SECONDS = 0.2  # how often the parent checks for a stop request while waiting on a worker
 _PR_SET_PDEATHSIG = 1
 
@@ -111,19 +116,21 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _die_with_parent(parent: int, stop: Any) -> None:
-    """Exit when the parent dies (PR_SET_PDEATHSIG on Linux, which holds for SIGKILL too, and a
-    watchdog thread everywhere) or when it asks the workers to stop."""
-    if sys.platform.startswith("linux"):
+def _die_with_parent(stop: Any) -> None:
+    """Exit when the writer dies (PR_SET_PDEATHSIG on Linux, which fires on SIGKILL too, and a
+    watchdog thread on the pipe every multiprocessing child holds to its parent) or when it asks
+    the workers to stop."""
+    parent = multiprocessing.parent_process()
+    if sys.platform.startswith("linux"):  # the forking process: the forkserver, which exits with us
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
     def watch() -> None:
         while not stop.wait(_POLL_SECONDS):
-            if os.getppid() != parent:
+            if not parent.is_alive():
                 os._exit(1)
         os._exit(0)
 
-    if os.getppid() != parent:  # the parent died before the death signal was armed
+    if not parent.is_alive():  # the writer died before the death signal was armed
         os._exit(1)
     threading.Thread(target=watch, daemon=True, name="alive-data-watchdog").start()
 
@@ -136,13 +143,14 @@ class _Worker:
     codecs: tuple | None = None
 
     @classmethod
-    def init(cls, options: WriteOptions, parent: int | None = None, stop: Any = None) -> None:
-        """Build the state; in a pool worker also ignore Ctrl-C (the parent decides) and watch it."""
+    def init(cls, options: WriteOptions, stop: Any = None) -> None:
+        """Build the state; in a pool worker (``stop`` given) also ignore Ctrl-C (the writer
+        decides) and exit with the writer."""
         from alive_models.codecs import audio_codec_from_spec, video_codec_from_spec
 
-        if parent is not None:
+        if stop is not None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            _die_with_parent(parent, stop)
+            _die_with_parent(stop)
             torch.set_num_threads(1)  # the parallelism is the pool's
         cls.options = options
         cls.labels = LabelTable.from_file(options.label_table) if options.label_table else default_table()
@@ -285,7 +293,7 @@ def _results(
     idle_pools = 0  # pools in a row that broke before finishing a single item
     while queue and not stop.signal:
         pool = ProcessPoolExecutor(
-            workers, _CONTEXT, initializer=_Worker.init, initargs=(options, os.getpid(), stop.event)
+            workers, _CONTEXT, initializer=_Worker.init, initargs=(options, stop.event)
         )
         pending: deque = deque()
         finished = broken = False
