@@ -7,7 +7,7 @@ import webdataset as wds
 from alive_data.avformat import AVFormat
 from alive_data.inspect import inspect_shards
 from alive_data.loader import ResumableLoader
-from alive_data.media import encode_flac, encode_mp4
+from alive_data.media import encode_flac
 from alive_data.pipeline import PipelineConfig
 from alive_data.prepare import SamplePreparer
 from alive_data.schema import validate_metadata
@@ -17,6 +17,7 @@ from alive_data.synthetic import SPEECH_CAPTION, make_clips, moving_clip, tone
 from alive_data.writer import WriteOptions, write_shards
 from alive_models.codecs import DeterministicAudioCodec, DeterministicVideoCodec, timeline_for
 from alive_models.config import get_preset
+from alive_models.mp4 import encode_mp4
 
 META = {"caption": SPEECH_CAPTION, "fps": 24, "duration": 1.2, "width": 64, "height": 48}
 LATENTS = {

@@ -12,7 +12,7 @@ from alive_data.avformat import AVFormat
 from alive_data.filters import FUNNEL, Rule, StageFilter
 from alive_data.labels import LabelTable, default_table
 from alive_data.loader import ResumableLoader
-from alive_data.media import encode_flac, encode_jpeg, encode_mp4
+from alive_data.media import encode_flac, encode_jpeg
 from alive_data.pipeline import PipelineConfig
 from alive_data.stream import AVStream
 from alive_data.synthetic import SILENT_CAPTION, SPEECH_CAPTION, make_clips, moving_clip, tone
@@ -20,6 +20,7 @@ from alive_data.tasks import TaskConfig
 from alive_data.writer import WriteOptions, write_shards
 from alive_models.caption import parse_caption
 from alive_models.codecs import audio_codec_from_spec, video_codec_from_spec
+from alive_models.mp4 import encode_mp4
 
 
 def latent_format(video: str, audio: str) -> dict:

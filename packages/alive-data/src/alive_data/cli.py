@@ -1,8 +1,9 @@
 """``alive-data``: build and check WebDataset shards of audio-video clips.
 
 alive-data write SRC OUT [--shard-size 1GB] [--workers N] [--size HxW] [--video-codec SPEC ...]
-    SRC is a folder of mp4 files (captions in NAME.json / NAME.txt sidecars) or a manifest .jsonl.
-    Rerunning into the same OUT resumes: keys already in complete shards are skipped.
+    SRC is a folder of video files (mp4, mov, mkv, webm, m4v, ...; captions in NAME.json / NAME.txt
+    sidecars) or a manifest .jsonl. Rerunning into the same OUT resumes: keys already in complete
+    shards are skipped. Ctrl-C stops within a second, keeping every complete sample (exit 130).
 alive-data inspect SHARDS... [--decode] [--json]
     counts, schema and caption problems, histograms, and the bad samples with reasons.
 """
@@ -13,12 +14,16 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
+from collections import Counter
 from pathlib import Path
 
+from alive_data.discovery import read_manifest, scan_folder
 from alive_data.inspect import format_report, inspect_shards
+from alive_data.media import MAX_AUDIO_SHORTFALL
 from alive_data.shards import expand_urls
-from alive_data.writer import WriteOptions, read_manifest, scan_folder, write_shards
+from alive_data.writer import REPORT_NAME, WriteOptions, write_shards
 
 _UNITS = {"": 1, "B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
 
@@ -40,13 +45,16 @@ def parse_hw(text: str) -> tuple[int, int]:
 def _write(args: argparse.Namespace) -> int:
     src = Path(args.src)
     if src.is_dir():
-        items = scan_folder(src)
+        found = scan_folder(src)
     elif src.is_file():
-        items = read_manifest(src)
+        found = read_manifest(src)
     else:
-        print(f"error: {src} is neither a folder of mp4 files nor a manifest", file=sys.stderr)
+        print(f"error: {src} is neither a folder of video files nor a manifest", file=sys.stderr)
         return 2
-    if not items:
+    if found.ignored:
+        reasons = Counter(i["reason"] for i in found.ignored)
+        print(f"not taken: {dict(reasons)} (listed in {Path(args.out) / REPORT_NAME})", file=sys.stderr)
+    if not found.items:
         print(f"error: no inputs found in {src}", file=sys.stderr)
         return 2
     options = WriteOptions(
@@ -57,12 +65,24 @@ def _write(args: argparse.Namespace) -> int:
         audio_codec=args.audio_codec,
         latents_only=args.latents_only,
         label_table=args.labels,
+        max_audio_shortfall=args.max_audio_shortfall,
     )
-    report = write_shards(items, Path(args.out), options, args.shard_size, args.shard_samples, args.workers)
+    report = write_shards(
+        found.items,
+        Path(args.out),
+        options,
+        args.shard_size,
+        args.shard_samples,
+        args.workers,
+        ignored=found.ignored,
+    )
     print(
         f"{report.written} written, {report.already_written} already in {args.out}, "
         f"{sum(report.skipped.values())} skipped {dict(report.skipped)}; {len(report.shards)} new shards"
     )
+    if report.interrupted:
+        print(f"stopped by {report.interrupted}: rerun the same command to continue", file=sys.stderr)
+        return 128 + signal.Signals[report.interrupted].value
     return 0
 
 
@@ -79,7 +99,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alive-data", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    w = sub.add_parser("write", help="mp4 folder or manifest -> tar shards")
+    w = sub.add_parser("write", help="folder of video files or manifest -> tar shards")
     w.add_argument("src")
     w.add_argument("out")
     w.add_argument("--shard-size", type=parse_size, default=parse_size("1GB"), help="target bytes per shard")
@@ -89,7 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--fps", type=float, default=WriteOptions.fps)
     w.add_argument("--sample-rate", type=int, default=WriteOptions.sample_rate)
-    w.add_argument("--size", type=parse_hw, default=None, help="resize + centre-crop to HEIGHTxWIDTH")
+    w.add_argument(
+        "--size", type=parse_hw, default=None, help="resize + centre-crop to HxW (default: crop to even)"
+    )
+    w.add_argument(
+        "--max-audio-shortfall",
+        type=float,
+        default=MAX_AUDIO_SHORTFALL,
+        help="seconds of audio that may be missing against the video before a clip is skipped",
+    )
     w.add_argument("--video-codec", default=None, help="cache latents: deterministic[:k=v,...] or wan:<dir>")
     w.add_argument("--audio-codec", default=None, help="deterministic[:k=v,...] or oobleck:<dir>")
     w.add_argument("--latents-only", action="store_true", help="store latents instead of mp4/flac")

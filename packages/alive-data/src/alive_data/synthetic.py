@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alive_data.media import encode_mp4
-from alive_data.writer import SourceItem
+from alive_data.discovery import SourceItem
+from alive_models.mp4 import encode_mp4
 
 SPEECH_CAPTION = (
     "Subjects: Subject1: A man with a deep voice. Visual: A street at night. Narration: A dog is barking "

@@ -1,26 +1,42 @@
-"""``alive-data write``: mp4 files (a folder or a manifest) -> WebDataset tar shards.
+"""``alive-data write``: video files (a folder or a manifest) -> WebDataset tar shards.
 
-Each clip is decoded with PyAV, resampled to the target frame rate (24 fps) and to 16 kHz mono audio,
-optionally resized, labeled with the keyword table, and stored as:
-- ``json``: metadata (see ``alive_data.schema``), with ``speaking`` and ``labels`` derived;
+Each clip is decoded with PyAV on one clock (``alive_data.media``: rotation applied, frames
+converted to the target rate by nearest frame, audio averaged to mono, resampled to 16 kHz in float
+and cut or padded to the video's time range), resized to ``size`` or cropped to even sides, labeled
+with the keyword table, and stored as:
+- ``json``: metadata (see ``alive_data.schema``), with ``speaking`` and ``labels`` derived and what
+  decoding found (``audio_start``, ``audio_padding``, ``audio_clipped_samples``, ``rotation``,
+  ``source_fps``);
 - ``mp4``: the video at the target rate (H.264); ``flac``: the audio, lossless and sample-exact
-  (AAC would shift it by its priming samples, which matters for lip sync);
+  (AAC would shift it by its priming samples, which matters for lip sync); its sample 0 is the
+  first frame's time;
 - with codecs, ``video_latent.npy`` / ``audio_latent.npy`` (float16) beside or instead of the media.
 
 Clips are processed by a pool of worker processes; shards are renamed into place only when complete,
 and a rerun skips every key already in a complete shard, so an interrupted job resumes without
-duplicates. Bad inputs are skipped, counted by reason and listed in ``write_report.json``.
+duplicates. SIGINT (Ctrl-C) or SIGTERM stops a run within a fraction of a second: the shard being
+written is closed and kept (it holds only complete samples), the workers exit and the report is
+saved; a second Ctrl-C aborts at once (the open shard is dropped). Workers die with their parent,
+SIGKILL included. Bad inputs are skipped, counted by reason and listed; ``write_report.json`` keeps
+every run's report.
 """
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
+import multiprocessing
 import os
-from collections import Counter
+import signal
+import sys
+import threading
+from collections import Counter, deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +45,35 @@ import torch
 from tqdm import tqdm
 
 from alive_data.avformat import AVFormat
+from alive_data.discovery import SourceItem
 from alive_data.labels import LabelTable, default_table
-from alive_data.media import MediaError, decode_clip, encode_flac, encode_mp4, fit_frames
+from alive_data.media import (
+    MAX_AUDIO_SHORTFALL,
+    MediaError,
+    crop_even,
+    decode_clip,
+    encode_flac,
+    fit_frames,
+)
 from alive_data.samples import BadSample
 from alive_data.schema import validate_metadata
-from alive_data.shards import ShardSink, existing_shards, safe_key
+from alive_data.shards import ShardSink, existing_shards
 from alive_models.caption import check_caption
+from alive_models.mp4 import encode_mp4
 
+REPORT_NAME = "write_report.json"
+# Workers never inherit this process's threads or locks (no plain fork): they fork from a clean,
+# single-threaded forkserver that has imported this module (torch included) once, so every pool
+# after the first starts at once; spawn where there is no forkserver.
+_CONTEXT = multiprocessing.get_context(
+    "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+)
+if _CONTEXT.get_start_method() == "forkserver":
+    _CONTEXT.set_forkserver_preload([__name__])
+_POLL_SECONDS = 0.2  # how often the parent checks for a stop request while waiting on a worker
+_PR_SET_PDEATHSIG = 1
 
-@dataclass(frozen=True)
-class SourceItem:
-    """One input clip: its key, mp4 path and the metadata (caption included) that goes with it."""
-
-    key: str
-    path: str
-    metadata: dict[str, Any]
+Result = tuple[str, dict | None, str, str]  # key, sample or None, skip reason, detail
 
 
 @dataclass(frozen=True)
@@ -58,61 +88,52 @@ class WriteOptions:
     latents_only: bool = False  # store latents instead of media
     label_table: str | None = None  # JSON keyword table; None = the bundled default
     crf: int = 18
+    max_audio_shortfall: float = MAX_AUDIO_SHORTFALL  # s of audio missing against the video: a skip
+    min_side: int = 16  # a clip narrower than this (px, after rotation) is a ``too_small`` skip
 
 
 @dataclass
 class WriteReport:
-    """What a run did: counts, skips by reason, the bad inputs and the shards written."""
+    """What a run did: counts, skips by reason, the bad inputs, the files not taken, the shards."""
 
     inputs: int = 0
     already_written: int = 0
     written: int = 0
     skipped: Counter = field(default_factory=Counter)
     bad_samples: list[dict[str, str]] = field(default_factory=list)
+    ignored: list[dict[str, str]] = field(default_factory=list)  # files / lines discovery did not take
     shards: list[str] = field(default_factory=list)
+    interrupted: str | None = None  # the signal that stopped the run early
+    started: str = ""
+    finished: str = ""
 
-
-def scan_folder(folder: Path) -> list[SourceItem]:
-    """``*.mp4`` under ``folder``; metadata from a sidecar ``NAME.json`` or the caption from ``NAME.txt``."""
-    items = []
-    for path in sorted(folder.rglob("*.mp4")):
-        meta: dict[str, Any] = {}
-        if path.with_suffix(".json").is_file():
-            try:
-                meta = json.loads(path.with_suffix(".json").read_text())
-            except json.JSONDecodeError:
-                meta = {"__error__": "malformed sidecar json"}
-        elif path.with_suffix(".txt").is_file():
-            meta = {"caption": path.with_suffix(".txt").read_text().strip()}
-        items.append(SourceItem(safe_key(str(path.relative_to(folder).with_suffix(""))), str(path), meta))
-    return items
-
-
-def read_manifest(manifest: Path) -> list[SourceItem]:
-    """JSON lines of {"path", "caption", ...metadata, optional "key"}; relative paths are resolved
-    against the manifest's folder. A line that is not a JSON object becomes a counted bad input."""
-    items = []
-    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            path = Path(record.pop("path"))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            items.append(
-                SourceItem(f"manifest_line_{number}", "", {"__error__": f"line {number} is not valid"})
-            )
-            continue
-        path = path if path.is_absolute() else manifest.parent / path
-        key = safe_key(str(record.pop("key", path.stem)))
-        items.append(SourceItem(key, str(path), record))
-    return items
+    def to_dict(self) -> dict[str, Any]:
+        return {**vars(self), "skipped": dict(self.skipped)}
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
+
+
+def _die_with_parent(stop: Any) -> None:
+    """Exit when the writer dies (PR_SET_PDEATHSIG on Linux, which fires on SIGKILL too, and a
+    watchdog thread on the pipe every multiprocessing child holds to its parent) or when it asks
+    the workers to stop."""
+    parent = multiprocessing.parent_process()
+    if sys.platform.startswith("linux"):  # the forking process: the forkserver, which exits with us
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    def watch() -> None:
+        while not stop.wait(_POLL_SECONDS):
+            if not parent.is_alive():
+                os._exit(1)
+        os._exit(0)
+
+    if not parent.is_alive():  # the writer died before the death signal was armed
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="alive-data-watchdog").start()
 
 
 class _Worker:
@@ -123,10 +144,15 @@ class _Worker:
     codecs: tuple | None = None
 
     @classmethod
-    def init(cls, options: WriteOptions) -> None:
+    def init(cls, options: WriteOptions, stop: Any = None) -> None:
+        """Build the state; in a pool worker (``stop`` given) also ignore Ctrl-C (the writer
+        decides) and exit with the writer."""
         from alive_models.codecs import audio_codec_from_spec, video_codec_from_spec
 
-        torch.set_num_threads(1)
+        if stop is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            _die_with_parent(stop)
+            torch.set_num_threads(1)  # the parallelism is the pool's
         cls.options = options
         cls.labels = LabelTable.from_file(options.label_table) if options.label_table else default_table()
         cls.codecs = None  # class state outlives a run in this process (and forked workers inherit it)
@@ -139,7 +165,7 @@ class _Worker:
             AVFormat(options.fps, options.sample_rate, *(c.geometry for c in cls.codecs))
 
     @classmethod
-    def process(cls, item: SourceItem) -> tuple[str, dict | None, str, str]:
+    def process(cls, item: SourceItem) -> Result:
         """(key, sample or None, reason, detail) for one input."""
         try:
             return item.key, cls._sample(item), "", ""
@@ -154,8 +180,6 @@ class _Worker:
     def _sample(cls, item: SourceItem) -> dict:
         o = cls.options
         meta = dict(item.metadata)
-        if "__error__" in meta:
-            raise BadSample("bad_input", meta["__error__"])
         if not isinstance(meta.get("caption"), str):
             raise BadSample("missing_caption", "no caption in the manifest, sidecar .json or .txt")
         caption, problems = check_caption(meta["caption"])
@@ -163,8 +187,11 @@ class _Worker:
             raise BadSample("malformed_caption", str(problems[0]))
         if not Path(item.path).is_file():
             raise BadSample("missing_file", item.path)
-        clip = decode_clip(item.path, o.fps, o.sample_rate)
-        frames = fit_frames(clip.frames, o.size) if o.size else clip.frames
+        clip = decode_clip(item.path, o.fps, o.sample_rate, max_audio_shortfall=o.max_audio_shortfall)
+        height, width = clip.frames.shape[1:3]
+        if min(height, width) < o.min_side:
+            raise MediaError("too_small", f"{width}x{height}, the smaller side must be >= {o.min_side} px")
+        frames = fit_frames(clip.frames, o.size) if o.size else crop_even(clip.frames)
         if cls.codecs is not None:  # keep the frames that fill whole latents (1 + 4k for Wan)
             timeline = cls.codecs[0].geometry.timeline
             frames = frames[: timeline.num_frames(timeline.num_video_latents(len(frames), strict=False))]
@@ -178,6 +205,11 @@ class _Worker:
             num_frames=len(frames),
             sample_rate=o.sample_rate,
             audio_samples=len(audio),
+            audio_start=round(clip.audio_start, 6),
+            audio_padding=round(clip.audio_padding, 6),
+            audio_clipped_samples=int(np.count_nonzero(np.abs(audio) > 1.0)),  # FLAC is 16-bit
+            rotation=clip.rotation,
+            source_fps=round(clip.source_fps, 4),
             speaking=meta.get("speaking", caption.speaking),
             labels=[list(asdict(lb).values()) for lb in labels],
             source=item.path,
@@ -194,9 +226,9 @@ class _Worker:
             sample["flac"] = encode_flac(audio, o.sample_rate)
         if cls.codecs is not None:
             video_codec, audio_codec = cls.codecs
-            pixels = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+            pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float()
             with torch.no_grad():
-                v = video_codec.encode(pixels)[0]
+                v = video_codec.encode(pixels / 127.5 - 1.0)[0]
                 a = audio_codec.encode(torch.from_numpy(audio)[None, None])[0]
             sample["video_latent.npy"] = npy_bytes(v.to(torch.float16).numpy())
             sample["audio_latent.npy"] = npy_bytes(a.to(torch.float16).numpy())
@@ -210,20 +242,94 @@ class _Worker:
         return sample
 
 
-def _results(items: list[SourceItem], options: WriteOptions, workers: int) -> Iterator[tuple]:
-    """Process items in order; with workers, at most 4 per worker in flight (bounded memory)."""
+class _StopRequest:
+    """SIGINT / SIGTERM set a flag (and an event the workers watch) instead of raising mid-write; a
+    second SIGINT raises KeyboardInterrupt. Handlers are installed only from the main thread."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._event: Any = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def event(self) -> Any:
+        """The multiprocessing event workers watch (made on first use: in-process runs need none)."""
+        if self._event is None:
+            self._event = _CONTEXT.Event()
+            if self.signal:
+                self._event.set()
+        return self._event
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        if self._event is not None:
+            self._event.set()
+
+
+def _results(
+    items: list[SourceItem], options: WriteOptions, workers: int, stop: _StopRequest
+) -> Iterator[Result]:
+    """Process items in order until done or stopped; with workers, at most 4 per worker in flight
+    (bounded memory). A worker that dies (a crashing decoder, the OOM killer) costs only the items
+    in flight, which are reported as ``worker_died``; a fresh pool takes the rest."""
+    _Worker.init(options)  # in-process state, or a check that workers can start (bad codec spec ...)
     if workers <= 0:
-        _Worker.init(options)
-        yield from map(_Worker.process, items)
-        return
-    with ProcessPoolExecutor(workers, initializer=_Worker.init, initargs=(options,)) as pool:
-        pending: list[Future] = []
         for item in items:
-            pending.append(pool.submit(_Worker.process, item))
-            if len(pending) >= 4 * workers:
-                yield pending.pop(0).result()
-        for future in pending:
-            yield future.result()
+            if stop.signal:
+                return
+            yield _Worker.process(item)
+        return
+    _Worker.codecs = None  # the workers build their own
+    queue = deque(items)
+    idle_pools = 0  # pools in a row that broke before finishing a single item
+    while queue and not stop.signal:
+        pool = ProcessPoolExecutor(
+            workers, _CONTEXT, initializer=_Worker.init, initargs=(options, stop.event)
+        )
+        pending: deque = deque()
+        finished = broken = False
+        completed = 0
+        try:
+            while queue or pending:
+                while queue and len(pending) < 4 * workers:
+                    item = queue.popleft()
+                    pending.append((item, pool.submit(_Worker.process, item)))
+                future = pending[0][1]
+                while not wait([future], timeout=_POLL_SECONDS).done:
+                    if stop.signal:
+                        return
+                try:
+                    result = future.result()
+                except BrokenProcessPool as e:
+                    if stop.signal:  # the workers were told to exit: nothing broke
+                        return
+                    idle_pools = 0 if completed else idle_pools + 1
+                    if idle_pools == 2:  # two pools in a row did nothing: a setup error, not an input
+                        raise RuntimeError(f"writer worker processes keep failing: {e}") from e
+                    broken = True
+                    for item, _ in pending:
+                        yield item.key, None, "worker_died", f"a worker process died: {e}"
+                    break
+                pending.popleft()
+                completed += 1
+                yield result
+            finished = not broken
+        finally:
+            if not (finished or broken):  # stopped, or the consumer failed: workers exit now
+                stop.event.set()
+            pool.shutdown(wait=True, cancel_futures=True)  # quick: every worker is done or exiting
 
 
 def write_shards(
@@ -234,44 +340,69 @@ def write_shards(
     shard_samples: int | None = None,
     workers: int = os.cpu_count() or 1,
     progress: bool = True,
+    ignored: list[dict[str, str]] | None = None,
 ) -> WriteReport:
-    """Write ``items`` into shards under ``out_dir`` (resuming a previous run there)."""
-    keys = [i.key for i in items]
-    duplicates = sorted({k for k in keys if keys.count(k) > 1})
-    if duplicates:
-        raise ValueError(f"duplicate sample keys in the input: {duplicates[:5]}")
+    """Write ``items`` into shards under ``out_dir`` (resuming a previous run there) and append the
+    run's report to ``out_dir/write_report.json``. ``ignored`` (from discovery) goes into the report."""
+    report = WriteReport(inputs=len(items), ignored=list(ignored or []), started=_now())
     out_dir.mkdir(parents=True, exist_ok=True)
     done, next_index = existing_shards(out_dir)
-    todo = [i for i in items if i.key not in done]
-    report = WriteReport(inputs=len(items), already_written=len(items) - len(todo))
+    todo, seen = [], set()
+    for item in items:
+        if item.key in seen:  # discovery makes keys unique; items built by hand may not be
+            report.skipped["duplicate_key"] += 1
+            report.bad_samples.append(
+                {"key": item.key, "source": item.path, "reason": "duplicate_key", "detail": "key used before"}
+            )
+        elif item.key in done:
+            report.already_written += 1
+        else:
+            todo.append(item)
+        seen.add(item.key)
     sink = ShardSink(out_dir, next_index, shard_bytes, shard_samples)
     sources = {i.key: i.path for i in todo}
-    try:
-        for key, sample, reason, detail in tqdm(
-            _results(todo, options, workers),
-            total=len(todo),
-            desc="writing shards",
-            unit="clip",
-            disable=not progress,
-        ):
-            if sample is None:
-                report.skipped[reason] += 1
-                report.bad_samples.append(
-                    {"key": key, "source": sources[key], "reason": reason, "detail": detail}
-                )
-            else:
-                sink.write(sample)
-                report.written += 1
-        sink.finish()
-    except BaseException:
-        sink.abandon()
-        raise
+    with _StopRequest() as stop:
+        try:
+            for key, sample, reason, detail in tqdm(
+                _results(todo, options, workers, stop),
+                total=len(todo),
+                desc="writing shards",
+                unit="clip",
+                disable=not progress,
+            ):
+                if sample is None:
+                    report.skipped[reason] += 1
+                    report.bad_samples.append(
+                        {"key": key, "source": sources[key], "reason": reason, "detail": detail}
+                    )
+                else:
+                    sink.write(sample)
+                    report.written += 1
+            sink.finish()  # after a stop too: the open shard holds only complete samples
+        except BaseException:
+            sink.abandon()
+            raise
+        report.interrupted = stop.signal
     report.shards = [str(p) for p in sink.written]
-    _write_json_atomic(out_dir / "write_report.json", {**vars(report), "skipped": dict(report.skipped)})
+    report.finished = _now()
+    append_report(out_dir / REPORT_NAME, report.to_dict())
     return report
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def append_report(path: Path, run: dict[str, Any]) -> None:
+    """Add one run to ``{"runs": [...]}`` in ``path`` atomically (a report written by an older
+    version, a single run object, becomes the first entry)."""
+    runs: list = []
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            previous = {"runs": [{"unreadable_report": path.read_text(errors="replace")[:10_000]}]}
+        runs = previous["runs"] if isinstance(previous, dict) and "runs" in previous else [previous]
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
+    tmp.write_text(json.dumps({"runs": [*runs, run]}, indent=2))
     os.replace(tmp, path)
