@@ -5,6 +5,10 @@ alive-data write SRC OUT [--shard-size 1GB] [--workers N] [--size HxW] [--video-
     Rerunning into the same OUT resumes: keys already in complete shards are skipped.
 alive-data inspect SHARDS... [--decode] [--json]
     counts, schema and caption problems, histograms, and the bad samples with reasons.
+alive-data world OUT [--count N] [--seed S] [--hires]
+    the synthetic world (clips whose truth is known) as a source folder for `write`.
+alive-data measure MP4... [--json]
+    the world's metrics (offset, CER, event recall, subject fidelity) of mp4 files with sidecars.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from alive_data.inspect import format_report, inspect_shards
 from alive_data.shards import expand_urls
+from alive_data.world.cli import add_commands as add_world_commands
 from alive_data.writer import WriteOptions, read_manifest, scan_folder, write_shards
 
 _UNITS = {"": 1, "B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
@@ -104,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--sample-rate", type=int, default=WriteOptions.sample_rate)
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=_inspect)
+    add_world_commands(sub)
     return parser
 
 

@@ -29,7 +29,15 @@ import torch
 from tqdm import tqdm
 
 from alive_data.labels import LabelTable, default_table
-from alive_data.media import MediaError, decode_clip, encode_flac, encode_mp4, fit_frames
+from alive_data.media import (
+    MediaError,
+    decode_clip,
+    decode_image,
+    encode_flac,
+    encode_jpeg,
+    encode_mp4,
+    fit_frames,
+)
 from alive_data.samples import BadSample
 from alive_data.schema import validate_metadata
 from alive_data.shards import ShardSink, existing_shards, safe_key
@@ -185,6 +193,8 @@ class _Worker:
             raise BadSample("schema", "; ".join(problems))
 
         sample: dict[str, Any] = {"__key__": item.key}
+        for k, image in enumerate(_references(item, meta.pop("references", []), frames.shape[1:3])):
+            sample[f"ref_{k}.jpg"] = encode_jpeg(image)
         if not o.latents_only:
             sample["mp4"] = encode_mp4(frames, o.fps, crf=o.crf)
             sample["flac"] = encode_flac(audio, o.sample_rate)
@@ -204,6 +214,20 @@ class _Worker:
             }
         sample["json"] = json.dumps(meta).encode()
         return sample
+
+
+def _references(item: SourceItem, names: Any, size: tuple[int, int]) -> list[np.ndarray]:
+    """The reference images a source lists (``"references": [paths relative to the mp4]``), fitted
+    to the clip's size: they become ``ref_K.jpg`` members."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise BadSample("schema", "field 'references' must be a list of image paths")
+    images = []
+    for name in names:
+        path = Path(item.path).parent / name
+        if not path.is_file():
+            raise BadSample("missing_file", str(path))
+        images.append(fit_frames(decode_image(path.read_bytes())[None], size)[0])
+    return images
 
 
 def _results(items: list[SourceItem], options: WriteOptions, workers: int) -> Iterator[tuple]:
