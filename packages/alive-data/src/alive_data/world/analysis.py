@@ -1,14 +1,14 @@
 """Measuring a clip of the world from its pixels, its sound and its caption alone.
 
-Pixels give three activity signals per frame: mouth darkness (1 - max channel; colours and rooms
-have a 255 channel, a mouth is a blend towards black), flash whiteness (min channel inside the
-room; subject colours have a 0 channel) and wall whiteness. Sound gives the power envelope of each
-band (voices, chimes, knocks) at 1 kHz, through a zero-phase band-pass (analytic signal, so a tone
-has a flat envelope). Each signal is linear in the amount of activity, so the measurement of a
-clip's offset, transcript, events and subjects is exact on the world's own clips and degrades
-smoothly on generated ones. Inputs are numpy arrays (the metrics move tensors to the CPU: a clip
-is small, and numpy's single-threaded FFTs do not fight a training job for cores). Nothing raises on
-silence or blank video: results carry ``valid=False`` and a ``reason``.
+Pixels give three activity signals per frame: mouth darkness (1 - max channel: subject colours have
+a 255 channel, a mouth is a blend towards black), flash whiteness (min channel inside the room:
+subject colours have a 0 channel, a flash is a blend towards white) and wall whiteness. Sound gives
+the power envelope of each band (voices, chimes, knocks) at 1 kHz, through a zero-phase band-pass
+(analytic signal, so a tone has a flat envelope). Each signal is linear in the amount of activity,
+so the measurements (offset, transcript, events, subjects) are exact on the world's own clips and
+degrade smoothly on generated ones. Inputs are numpy arrays (the metrics move tensors to the CPU: a
+clip is small, and numpy's single-threaded FFTs do not fight a training job for cores). Nothing
+raises on silence or blank video: results carry ``valid=False`` and a ``reason``.
 """
 
 from __future__ import annotations
@@ -187,8 +187,8 @@ SYNC_PAIRS = {"voice": "mouth", "flash": "flash", "hit": "hit"}
 
 @dataclass(frozen=True)
 class OffsetResult:
-    """``offset_ms`` > 0: the sound comes late. ``confidence``: peak minus median correlation over lags
-    (SyncNet's Sync-C, in correlation units). Invalid results carry the reason and no offset."""
+    """``offset_ms`` > 0: the sound comes late. ``confidence``: peak minus median score over lags
+    (SyncNet's Sync-C, in correlation units, 0..1). Invalid results carry the reason, offset nan."""
 
     offset_ms: float
     confidence: float
@@ -247,10 +247,10 @@ def av_offset(
     for sound in sorted(sounds):
         v = activity[SYNC_PAIRS[sound]]
         env = envelopes[sound]
-        if float(v.std()) < 1e-6:
+        if v.size < 2 or float(v.std()) < 1e-6:
             reasons.append("static_video")
             continue
-        if float(env.max()) < SILENCE_POWER:
+        if env.size == 0 or float(env.max()) < SILENCE_POWER:
             reasons.append("silent_audio")
             continue
         predicted, keep = frame_integrals(env, v.shape[0], fps, lags)
@@ -390,6 +390,8 @@ def event_result(
     fps: float,
     tolerance: float = 0.1,
 ) -> EventResult:
+    """Per event kind: sounds heard in its band and lights seen in its picture signal, counted
+    against the caption's events of that kind (one-to-one, in time within ``tolerance``)."""
     nominal = nominal_power(config)
     min_seconds = 0.5 * config.seconds(config.event_latents)
     heard = synced = 0

@@ -35,12 +35,12 @@ class WorldClip:
 
     key: str
     scene: Scene
-    config: WorldConfig
-    frames: np.ndarray
-    audio: np.ndarray
+    config: WorldConfig = field(repr=False)
+    frames: np.ndarray = field(repr=False)
+    audio: np.ndarray = field(repr=False)
     caption: str
-    metadata: dict[str, Any]
-    references: list[np.ndarray]
+    metadata: dict[str, Any] = field(repr=False)
+    references: list[np.ndarray] = field(repr=False)
     hires_frames: np.ndarray = field(repr=False)
     hires_references: list[np.ndarray] = field(repr=False)
 

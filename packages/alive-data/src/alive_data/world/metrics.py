@@ -117,15 +117,9 @@ def clip_inputs(
 # --- per-clip measurements ----------------------------------------------------------------------
 
 
-def offset_of(clip: ClipInput, facts: CaptionFacts, config: WorldConfig, max_lag_ms: float) -> OffsetResult:
-    sounds = ({"voice"} if facts.speech else set()) | (set(facts.events) & {"hit", "flash"})
-    return av_offset(
-        visual_activity(clip.frames, config),
-        band_envelopes(clip.audio, config),
-        sounds,
-        config.fps,
-        max_lag_ms,
-    )
+def sync_cues(facts: CaptionFacts) -> set[str]:
+    """The sounds a caption promises, each with its picture: voices (mouths), chimes, knocks."""
+    return ({"voice"} if facts.speech else set()) | (set(facts.events) & {"hit", "flash"})
 
 
 @dataclass(frozen=True)
@@ -200,10 +194,9 @@ def measure_clip(
     facts = caption_facts(clip.caption, config)
     activity = visual_activity(clip.frames, config)
     envelopes = band_envelopes(clip.audio, config)
-    sounds = ({"voice"} if facts.speech else set()) | (set(facts.events) & {"hit", "flash"})
     heard = decode_speech(clip.audio, config)
     return ClipReport(
-        offset=av_offset(activity, envelopes, sounds, config.fps, max_lag_ms),
+        offset=av_offset(activity, envelopes, sync_cues(facts), config.fps, max_lag_ms),
         heard=heard,
         said=facts.speech,
         cer=character_error_rate(heard.text, facts.speech) if facts.speech else math.nan,
@@ -270,7 +263,11 @@ class AVOffset(_WorldMetric):
         self._sum_states("abs_sum", "signed_sum", "confidence_sum", "measured", "failed", "skipped")
 
     def _update_clip(self, clip: ClipInput, facts: CaptionFacts) -> None:
-        result = offset_of(clip, facts, self.config, self.max_lag_ms)
+        activity, envelopes = (
+            visual_activity(clip.frames, self.config),
+            band_envelopes(clip.audio, self.config),
+        )
+        result = av_offset(activity, envelopes, sync_cues(facts), self.config.fps, self.max_lag_ms)
         if result.valid:
             self.abs_sum += abs(result.offset_ms)
             self.signed_sum += result.offset_ms

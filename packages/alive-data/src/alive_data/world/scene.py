@@ -7,7 +7,7 @@ latent boundary. The picture follows from the scene in physical time (``render``
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from itertools import pairwise
 from typing import Any
 
@@ -87,7 +87,6 @@ class Scene:
     utterances: tuple[Utterance, ...] = ()
     events: tuple[Event, ...] = ()
     degradation: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def subject(self, sid: str) -> Subject:
         return next(s for s in self.subjects if s.id == sid)
@@ -158,9 +157,7 @@ class Scene:
             raise ValueError("invalid scene: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("extra")
-        return data
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scene:
