@@ -5,7 +5,9 @@ optionally resized, labeled with the keyword table, and stored as:
 - ``json``: metadata (see ``alive_data.schema``), with ``speaking`` and ``labels`` derived;
 - ``mp4``: the video at the target rate (H.264); ``flac``: the audio, lossless and sample-exact
   (AAC would shift it by its priming samples, which matters for lip sync);
-- with codecs, ``video_latent.npy`` / ``audio_latent.npy`` (float16) beside or instead of the media.
+- with codecs, ``video_latent.npy`` / ``audio_latent.npy`` (float16) beside or instead of the media;
+- ``ref_K.jpg``: the reference images a source lists in ``"references"`` (paths relative to the
+  mp4), fitted to the clip's size.
 
 Clips are processed by a pool of worker processes; shards are renamed into place only when complete,
 and a rerun skips every key already in a complete shard, so an interrupted job resumes without
