@@ -95,6 +95,8 @@ class WorldConfig:
         lane = self.height // max(self.max_subjects, 1)
         if not 1 <= self.min_subjects <= self.max_subjects or self.subject_size > lane:
             problems.append(f"{self.max_subjects} lanes of {lane} rows cannot hold {self.subject_size}px")
+        if self.hires_scale < 1 or (self.hires_scale > 1 and self.hires_scale % 2):
+            problems.append(f"hires_scale {self.hires_scale}: 1 or even (the texture must average away)")
         if self.width - 2 * self.wall_width < 2 * self.subject_size:
             problems.append("the room is too narrow for a subject to move")
         rate = self.latent_rate

@@ -21,7 +21,7 @@ from alive_data.world.scene import Scene, Subject
 
 # The mouth, as fractions of the subject's box (inside every shape, see tests).
 MOUTH = (0.55, 0.75, 0.3, 0.7)  # y0, y1, x0, x1
-TEXTURE = 8.0  # hi-res background stripes +-8 levels, zero mean over every hires_scale block
+TEXTURE = 8.0  # hi-res background stripes of +-8 levels, zero mean over every hires_scale block
 
 
 @cache
@@ -62,7 +62,8 @@ def _background(config: WorldConfig, name: str) -> np.ndarray:
     k = config.hires_scale
     h, w = config.height * k, config.width * k
     yy, xx = np.indices((h, w))
-    stripes = np.where((yy + xx) % 4 < 2, TEXTURE, -TEXTURE)  # every k x k block sums to zero (k even)
+    # Diagonal stripes of period k: (x + y) mod k is uniform over any k x k block, half of it +, half -.
+    stripes = np.where((yy + xx) % k < k // 2, TEXTURE, -TEXTURE) if k > 1 else np.zeros((h, w))
     canvas = np.asarray(config.backgrounds[name], np.float32) + stripes[..., None].astype(np.float32)
     wall = config.wall_width * k
     canvas[:, :wall] = WALL_RGB
