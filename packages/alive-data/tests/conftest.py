@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
+from alive_data.discovery import SourceItem
 from alive_data.synthetic import make_clips
-from alive_data.writer import SourceItem, WriteOptions, write_shards
+from alive_data.writer import WriteOptions, write_shards
 
 
 @pytest.fixture(scope="session")

@@ -49,6 +49,16 @@ def _stored(out: Path) -> dict[str, dict[str, bytes]]:
     return samples
 
 
+def test_discovery_does_not_list_the_reference_images_a_sidecar_uses(tmp_path):
+    _clip(tmp_path / "a.mp4")
+    (tmp_path / "a.json").write_text(json.dumps({"caption": PROBE_CAPTION, "references": ["a.ref_0.jpg"]}))
+    (tmp_path / "a.ref_0.jpg").write_bytes(b"jpeg")
+    (tmp_path / "b.ref_0.jpg").write_bytes(b"jpeg")  # listed by no sidecar
+    found = scan_folder(tmp_path)
+    assert [i.key for i in found.items] == ["a"]
+    assert [Path(i["path"]).name for i in found.ignored] == ["b.ref_0.jpg"]
+
+
 def test_discovery_takes_every_container_in_any_case_and_lists_the_rest(tmp_path):
     src = tmp_path / "src"
     _clip(src / "a.MP4")

@@ -6,6 +6,10 @@ alive-data write SRC OUT [--shard-size 1GB] [--workers N] [--size HxW] [--video-
     shards are skipped. Ctrl-C stops within a second, keeping every complete sample (exit 130).
 alive-data inspect SHARDS... [--decode] [--json]
     counts, schema and caption problems, histograms, and the bad samples with reasons.
+alive-data world OUT [--count N] [--seed S] [--hires]
+    the synthetic world (clips whose truth is known) as a source folder for `write`.
+alive-data measure MP4... [--json]
+    the world's metrics (offset, CER, event recall, subject fidelity) of mp4 files with sidecars.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from alive_data.discovery import read_manifest, scan_folder
 from alive_data.inspect import format_report, inspect_shards
 from alive_data.media import MAX_AUDIO_SHORTFALL
 from alive_data.shards import expand_urls
+from alive_data.world.cli import add_commands as add_world_commands
 from alive_data.writer import REPORT_NAME, WriteOptions, write_shards
 
 _UNITS = {"": 1, "B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
@@ -130,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=_inspect)
+    add_world_commands(sub)
     return parser
 
 

@@ -2,8 +2,10 @@
 
 Folder: every file whose extension names a video container (any case, :data:`VIDEO_EXTENSIONS`) is
 taken; metadata comes from a sidecar ``NAME.json`` or the caption from ``NAME.txt`` (any case).
-Every other file is listed with the reason it was not taken. Whether a taken file really is media
-is decided when it is decoded (a ``not_media`` skip when PyAV cannot open it).
+Every other file is listed with the reason it was not taken, except the images a taken clip's
+sidecar lists in ``"references"`` (paths relative to the clip), which the writer stores with it.
+Whether a taken file really is media is decided when it is decoded (a ``not_media`` skip when PyAV
+cannot open it).
 
 Keys (WebDataset keys: no dots or slashes) depend only on each input's own name, so a rerun gives
 the same keys: the name (the path relative to the folder without its extension, or a manifest's
@@ -115,6 +117,14 @@ def scan_folder(folder: Path) -> Discovery:
                 found.ignore(video, "malformed_sidecar", problem)
             else:
                 named.append((key_for(stem.relative_to(folder).as_posix()), str(video), dict(meta)))
+    used = {
+        (Path(path).parent / ref).resolve()
+        for _, path, meta in named
+        if isinstance(meta.get("references"), list)
+        for ref in meta["references"]
+        if isinstance(ref, str)
+    }
+    found.ignored = [i for i in found.ignored if Path(i["path"]).resolve() not in used]
     return _unique(found, named)
 
 

@@ -10,7 +10,9 @@ with the keyword table, and stored as:
 - ``mp4``: the video at the target rate (H.264); ``flac``: the audio, lossless and sample-exact
   (AAC would shift it by its priming samples, which matters for lip sync); its sample 0 is the
   first frame's time;
-- with codecs, ``video_latent.npy`` / ``audio_latent.npy`` (float16) beside or instead of the media.
+- with codecs, ``video_latent.npy`` / ``audio_latent.npy`` (float16) beside or instead of the media;
+- ``ref_K.jpg``: the reference images a source lists in ``"references"`` (paths relative to the
+  mp4), fitted to the clip's size.
 
 Clips are processed by a pool of worker processes; shards are renamed into place only when complete,
 and a rerun skips every key already in a complete shard, so an interrupted job resumes without
@@ -52,7 +54,9 @@ from alive_data.media import (
     MediaError,
     crop_even,
     decode_clip,
+    decode_image,
     encode_flac,
+    encode_jpeg,
     fit_frames,
 )
 from alive_data.samples import BadSample
@@ -221,6 +225,8 @@ class _Worker:
             raise BadSample("schema", "; ".join(problems))
 
         sample: dict[str, Any] = {"__key__": item.key}
+        for k, image in enumerate(_references(item, meta.pop("references", []), frames.shape[1:3])):
+            sample[f"ref_{k}.jpg"] = encode_jpeg(image)
         if not o.latents_only:
             sample["mp4"] = encode_mp4(frames, o.fps, crf=o.crf)
             sample["flac"] = encode_flac(audio, o.sample_rate)
@@ -240,6 +246,20 @@ class _Worker:
             }
         sample["json"] = json.dumps(meta).encode()
         return sample
+
+
+def _references(item: SourceItem, names: Any, size: tuple[int, int]) -> list[np.ndarray]:
+    """The reference images a source lists (``"references": [paths relative to the mp4]``), fitted
+    to the clip's size: they become ``ref_K.jpg`` members."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise BadSample("schema", "field 'references' must be a list of image paths")
+    images = []
+    for name in names:
+        path = Path(item.path).parent / name
+        if not path.is_file():
+            raise BadSample("missing_file", str(path))
+        images.append(fit_frames(decode_image(path.read_bytes())[None], size)[0])
+    return images
 
 
 class _StopRequest:
