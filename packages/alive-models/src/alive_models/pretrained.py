@@ -82,14 +82,12 @@ def save_weights(
     from safetensors.torch import save_file
 
     path = Path(path)
+    # Checked on every rank (a shared filesystem), so all ranks fail together rather than one.
+    foreign = [p.name for p in path.iterdir() if not _is_own_file(p.name)] if path.exists() else []
+    if foreign:
+        raise FileExistsError(f"{path} holds files a save did not write ({foreign[:5]}); not replacing it")
     state = full_state_dict(model)
     if state is not None and _rank() == 0:
-        if path.exists():
-            foreign = [p.name for p in path.iterdir() if not _is_own_file(p.name)]
-            if foreign:
-                raise FileExistsError(
-                    f"{path} holds files a save did not write ({foreign[:5]}); not replacing it"
-                )
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         state = {k: v.contiguous() for k, v in state.items()}
@@ -97,12 +95,16 @@ def save_weights(
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for filename, names in split.filename_to_tensors.items():
-            save_file({n: state[n] for n in names}, tmp / filename, metadata={"format": "pt"})
-        if split.is_sharded:
-            index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
-            (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        try:
+            for filename, names in split.filename_to_tensors.items():
+                save_file({n: state[n] for n in names}, tmp / filename, metadata={"format": "pt"})
+            if split.is_sharded:
+                index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+                (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         _swap_in(tmp, path)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # nobody reads the directory before rank 0 has finished writing it
