@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -83,15 +85,20 @@ def test_flow_loss_sample_mask():
     assert loss.item() == 0 and p.grad is not None
 
 
-@pytest.mark.parametrize("mutual", [True, False])
-def test_flops_formula_matches_torch_flop_counter(tiny_model, tiny_config, mutual):
+@pytest.mark.parametrize("streams", ["mutual", "indep", "audio only", "video only"])
+def test_flops_formula_matches_torch_flop_counter(tiny_model, tiny_config, streams):
     inputs = random_inputs(tiny_config, batch=2, i2v=True, references=2)
-    inputs.mutual = torch.tensor([mutual, mutual])
+    inputs.mutual = torch.tensor([streams == "mutual"] * 2)
+    if streams == "audio only":
+        inputs = dataclasses.replace(inputs, video=None)
+    if streams == "video only":
+        inputs = dataclasses.replace(inputs, audio=None)
     # The reference backend runs attention as einsums, which the counter sees.
     with attention_backend("reference"), FlopCounterMode(display=False) as counter:
         tiny_model(inputs)
-    assert forward_flops(tiny_config, SequenceLengths.from_inputs(inputs), batch=2, mutual=mutual) == (
-        counter.get_total_flops()
+    # "indep" samples cost the same as "mutual" ones: the exchange runs and is gated per sample.
+    assert (
+        forward_flops(tiny_config, SequenceLengths.from_inputs(inputs), batch=2) == counter.get_total_flops()
     )
 
 

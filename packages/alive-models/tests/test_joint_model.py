@@ -25,10 +25,13 @@ def test_forward_backward_all_conditions(tiny_config, tiny_model):
         for tower in (tiny_model.video, tiny_model.audio):
             assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in tower.parameters())
         fusion_grads = [p.grad for p in tiny_model.fusion.parameters()]
+        # Every exchange module runs whatever ``mutual`` says (FSDP needs the same modules on every
+        # rank), so every fusion weight has a gradient; for "indep" samples it is exactly zero.
+        assert all(g is not None for g in fusion_grads)
         if mutual:
-            assert all(g is not None and g.abs().sum() > 0 for g in fusion_grads)
-        else:  # indep: the exchange is skipped, nothing reaches the fusion
-            assert all(g is None for g in fusion_grads)
+            assert all(g.abs().sum() > 0 for g in fusion_grads)
+        else:
+            assert all(g.eq(0).all() for g in fusion_grads)
         tiny_model.zero_grad(set_to_none=True)
 
 
@@ -167,7 +170,6 @@ def test_meta_build_materialises_like_a_cpu_build(tiny_config):
     materialize(meta, "cpu", seed=7)
     for (name, a), (_, b) in zip(cpu.state_dict().items(), meta.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
-    torch.testing.assert_close(meta.video.rope.inv_freq, cpu.video.rope.inv_freq)
 
 
 def test_every_tensor_owner_has_reset_parameters(tiny_model):

@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 
@@ -98,12 +96,37 @@ def test_rope_matches_complex_reference_and_is_relative():
     torch.testing.assert_close(k2, apply_rotary(2 * x, cos, sin))
 
 
-def test_rope_buffers_rebuild_on_reset():
+def test_rope_tables_are_cached_per_key_device_and_dtype():
+    rope = RotaryEmbedding((4, 6, 6), theta=100.0, cache_size=2)
+    builds = []
+
+    def positions():
+        builds.append(1)
+        return torch.arange(15, dtype=torch.float64).reshape(5, 3)
+
+    cos, _ = rope.table("a", positions, torch.device("cpu"), torch.bfloat16)
+    assert cos.dtype == torch.bfloat16 and cos.shape == (1, 5, 16)
+    torch.testing.assert_close(cos.float(), rope(positions()[None])[0].float(), atol=1e-2, rtol=0)
+    builds.clear()
+    assert rope.table("a", positions, torch.device("cpu"), torch.bfloat16)[0] is cos
+    assert builds == []  # a hit builds nothing
+    rope.table("a", positions, torch.device("cpu"), torch.float32)  # another dtype is another table
+    rope.table("b", positions, torch.device("cpu"), torch.float32)
+    assert len(builds) == 2 and len(rope._tables) == 2  # bounded: the oldest entry went
+    with torch.inference_mode():
+        rope.table("c", positions, torch.device("cpu"), torch.float32)
+    q = torch.randn(1, 5, 2, 16, requires_grad=True)
+    apply_rotary(q, *rope.table("c", positions, torch.device("cpu"), torch.float32)).sum().backward()
+    assert q.grad is not None  # a table built while sampling serves training too
+
+
+def test_rope_frequencies_survive_a_bf16_cast():
     rope = RotaryEmbedding((8,), theta=10_000.0)
-    expected = rope.inv_freq.clone()
-    rope.inv_freq.fill_(math.nan)
-    rope.reset_parameters()
-    torch.testing.assert_close(rope.inv_freq, expected)
+    rope.to(torch.bfloat16)  # owns no tensors: nothing to degrade
+    pos = torch.tensor([[[1000.0]]])
+    cos, _ = rope(pos)
+    expected = torch.cos(1000.0 / 10_000.0 ** (torch.arange(0, 8, 2, dtype=torch.float64) / 8))
+    torch.testing.assert_close(cos[0, 0, :4], expected)
 
 
 def test_rms_norm_matches_formula():
@@ -124,12 +147,3 @@ def test_patchify_round_trip_and_order():
     torch.testing.assert_close(tokens[0, 1].reshape(3, 1, 2, 2), x[0, :, 0:1, 0:2, 2:4])
     with pytest.raises(ValueError, match="divisible"):
         patchify(torch.randn(1, 3, 4, 5, 8), (1, 2, 2))
-
-
-def test_full_masks_are_dropped_once_per_forward():
-    from alive_models.layers.attention import normalize_key_mask
-
-    assert normalize_key_mask(torch.ones(2, 5, dtype=torch.bool)) is None
-    assert normalize_key_mask(None) is None
-    mask = torch.tensor([[1, 1, 0]])
-    assert normalize_key_mask(mask).dtype == torch.bool

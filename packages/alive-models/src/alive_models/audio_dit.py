@@ -17,11 +17,11 @@ from torch import Tensor, nn
 
 from alive_models.config import AudioDiTConfig
 from alive_models.geometry import unitemp_audio_positions
-from alive_models.layers.attention import Attention, normalize_key_mask
+from alive_models.layers.attention import Attention
 from alive_models.layers.embeddings import MLP, TimestepEmbedding
 from alive_models.layers.final import FinalLayer
 from alive_models.layers.norms import Modulation, layer_norm, modulate
-from alive_models.layers.rope import RotaryEmbedding
+from alive_models.layers.rope import Rope, RotaryEmbedding
 
 
 @dataclass
@@ -32,7 +32,8 @@ class AudioState:
     temb: Tensor  # [B, D]
     caption: Tensor  # [B, Lc, caption_dim]
     caption_mask: Tensor | None  # [B, Lc]
-    rope: tuple[Tensor, Tensor]
+    rope: Rope
+    key_mask: Tensor | None = None  # [B, L_a], False on padded latents (clips of different lengths)
 
 
 class AudioBlock(nn.Module):
@@ -49,7 +50,8 @@ class AudioBlock(nn.Module):
     def forward(self, state: AudioState) -> Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.mod(state.temb)
         x = state.x
-        x = x + gate1[:, None] * self.self_attn(modulate(layer_norm(x), shift1, scale1), rope=state.rope)
+        h = modulate(layer_norm(x), shift1, scale1)
+        x = x + gate1[:, None] * self.self_attn(h, key_mask=state.key_mask, rope=state.rope)
         x = x + self.cross_attn(self.cross_norm(x), state.caption, key_mask=state.caption_mask)
         return x + gate2[:, None] * self.mlp(modulate(layer_norm(x), shift2, scale2))
 
@@ -78,6 +80,8 @@ class AudioDiT(nn.Module):
         if mask is not None:
             ids = ids.masked_fill(~mask.bool(), filler)
         if ids.shape[1] > length:
+            # Reads values (a host sync), but only for an id tensor longer than the audio: padding
+            # beyond the clip is dropped, real tokens beyond it are an error.
             if (ids[:, length:] != filler).any():
                 raise ValueError(
                     f"transcript has more tokens than the {length} audio latents it must align with"
@@ -93,30 +97,46 @@ class AudioDiT(nn.Module):
         caption_mask: Tensor | None = None,
         transcript_ids: Tensor | None = None,
         transcript_mask: Tensor | None = None,
+        latent_mask: Tensor | None = None,
     ) -> AudioState:
-        """latent: [B, C, L_a]; t: [B]; caption: [B, Lc, caption_dim]; transcript_ids: [B, Lw] or None."""
+        """latent: [B, C, L_a]; t: [B]; caption: [B, Lc, caption_dim]; transcript_ids: [B, Lw] or None;
+        latent_mask: [B, L_a] bool, False on padding (a batch of clips of different lengths)."""
         c = self.config
         if latent.shape[1] != c.in_channels:
             raise ValueError(f"audio latent has {latent.shape[1]} channels, expected {c.in_channels}")
         b, _, length = latent.shape
+        if latent_mask is not None and latent_mask.shape != (b, length):
+            raise ValueError(
+                f"audio mask {tuple(latent_mask.shape)} does not match audio latents [{b}, {length}]"
+            )
         if transcript_ids is None:
             transcript_ids = torch.empty(b, 0, dtype=torch.long, device=latent.device)
         ids = self.align_transcript(transcript_ids, transcript_mask, length)
         x = self.in_proj(torch.cat([latent.transpose(1, 2), self.transcript_embed(ids)], dim=-1))
-        rope = self.rope(unitemp_audio_positions(length).to(latent.device)[None, :, None])
+        rope = self.rope.table(
+            ("audio", length), lambda: unitemp_audio_positions(length)[:, None], x.device, x.dtype
+        )
         return AudioState(
-            x, self.time_embed(t), self.caption_norm(caption), normalize_key_mask(caption_mask), rope
+            x,
+            self.time_embed(t),
+            self.caption_norm(caption),
+            None if caption_mask is None else caption_mask.bool(),
+            rope,
+            None if latent_mask is None else latent_mask.bool(),
         )
 
     def run_block(self, index: int, state: AudioState) -> AudioState:
         return replace(state, x=self.blocks[index](state))
+
+    def run_blocks(self, state: AudioState, start: int = 0) -> AudioState:
+        """Blocks ``start`` .. end."""
+        for i in range(start, len(self.blocks)):
+            state = self.run_block(i, state)
+        return state
 
     def head(self, state: AudioState) -> Tensor:
         return self.final(state.x, state.temb).transpose(1, 2)
 
     def forward(self, latent: Tensor, t: Tensor, caption: Tensor, **kwargs) -> Tensor:
         """The tower alone (audio TTS pre-training, T2A)."""
-        state = self.embed(latent, t, caption, **kwargs)
-        for i in range(len(self.blocks)):
-            state = self.run_block(i, state)
-        return self.head(state)
+        return self.head(self.run_blocks(self.embed(latent, t, caption, **kwargs)))

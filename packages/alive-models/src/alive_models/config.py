@@ -81,21 +81,38 @@ class AudioDiTConfig:
 
 
 FusionKind = Literal["ta_cross_attn", "ccl", "unitalking"]
+PairingRule = Literal["dual_stream", "relative_depth"]
 
 
 @dataclass(frozen=True)
 class FusionConfig:
     """How the towers exchange information. ``kind`` selects the implementation (the one seam).
 
-    ``pairing``: for each video block, the audio block that must have run before the exchange after it.
-    ``None`` pairs by relative depth.
+    ``pairing``: which audio block must have run before the exchange after each video block.
+    - ``"dual_stream"`` (default, our reading of seed 000 §2.1): the whole audio tower runs alongside
+      the dual-stream video blocks (Na / M audio blocks per dual block, bidirectional exchange), and
+      every single-stream block then reads the finished audio states (audio -> video only).
+    - ``"relative_depth"``: after video block i the audio tower has reached the same relative depth,
+      ceil((i+1) Na / (M+N)) blocks; the audio tower is still running during the single-stream blocks.
+    - a tuple: the audio block index for each video block, non-decreasing.
+
+    ``immutable_audio``: the single-stream exchanges read the audio states detached, so the video
+    loss's gradient never reaches the audio tower through them (the seed's "strong, immutable
+    condition" read literally). The dual-stream exchanges still train both ways.
     """
 
     kind: FusionKind = "ta_cross_attn"
     num_heads: int = 24
     head_dim: int = 64
     rope_theta: float = 10_000.0
-    pairing: tuple[int, ...] | None = None
+    pairing: PairingRule | tuple[int, ...] = "dual_stream"
+    immutable_audio: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pairing, str) and self.pairing not in ("dual_stream", "relative_depth"):
+            raise ValueError(
+                f"pairing {self.pairing!r}: choose 'dual_stream', 'relative_depth' or a tuple of indices"
+            )
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,10 @@ class Timeline:
         s = self.temporal_stride
         return 1 + (num_latents - 1) * s if self.causal_first_frame else num_latents * s
 
+    def audio_latents_for(self, num_video_latents: int) -> float:
+        """Audio latents that span the clip of ``num_video_latents`` video latents (not rounded)."""
+        return self.num_frames(num_video_latents) / self.fps * self.audio_latent_rate
+
     def video_latent_spans(self, num_latents: int) -> Tensor:
         """[num_latents, 2] first and last (inclusive) pixel frame covered by each video latent."""
         i = torch.arange(num_latents, dtype=torch.float64)

@@ -19,32 +19,52 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alive_models.config import VideoDiTConfig
-from alive_models.layers.attention import Attention, attention, normalize_key_mask
+from alive_models.layers.attention import Attention, attention
 from alive_models.layers.embeddings import MLP, TimestepEmbedding, patchify, unpatchify, video_grid_positions
 from alive_models.layers.final import FinalLayer
 from alive_models.layers.norms import Modulation, RMSNorm, layer_norm, modulate
-from alive_models.layers.rope import RotaryEmbedding, apply_rotary_qk
+from alive_models.layers.rope import Rope, RotaryEmbedding, apply_rotary_qk
 
 
 @dataclass
 class VideoState:
-    """Activations between video blocks. ``vid`` holds ``n_ref`` reference tokens, then the clip."""
+    """Activations between video blocks.
 
-    txt: Tensor  # [B, Lt, D]
-    vid: Tensor  # [B, n_ref + Lv, D]
+    During the dual-stream blocks ``txt`` holds the caption tokens and ``x`` the video tokens
+    (``n_ref`` reference tokens, then the clip). The first single-stream block merges the two once:
+    ``txt`` becomes None and ``x`` holds [caption; references; clip], the order of the key mask and
+    the RoPE table, so no later block concatenates or splits.
+    """
+
+    txt: Tensor | None  # [B, Lt, D] until the single-stream blocks
+    x: Tensor  # [B, n_ref + Lv, D], then [B, Lt + n_ref + Lv, D]
     temb: Tensor  # [B, D]
     key_mask: Tensor | None  # [B, Lt + n_ref + Lv], False on caption padding
-    rope: tuple[Tensor, Tensor]  # cos, sin over [txt; vid]
+    rope: Rope  # cos, sin over [txt; refs; clip]
     grid: tuple[int, int, int]  # clip token grid (T', H', W')
+    text_len: int
     n_ref: int
+
+    @property
+    def clip_start(self) -> int:
+        return self.n_ref if self.txt is not None else self.text_len + self.n_ref
 
     @property
     def clip(self) -> Tensor:
         """The clip's own tokens (the ones on the shared timeline)."""
-        return self.vid[:, self.n_ref :]
+        return self.x[:, self.clip_start :]
 
     def with_clip(self, clip: Tensor) -> VideoState:
-        return replace(self, vid=torch.cat([self.vid[:, : self.n_ref], clip], dim=1))
+        """The state with new clip tokens; no copy of the rest when nothing precedes the clip."""
+        start = self.clip_start
+        x = clip if start == 0 else torch.cat([self.x[:, :start], clip], dim=1)
+        return replace(self, x=x)
+
+    def merged(self) -> VideoState:
+        """Caption and video tokens in one sequence, for the single-stream blocks."""
+        if self.txt is None:
+            return self
+        return replace(self, txt=None, x=torch.cat([self.txt, self.x], dim=1))
 
 
 class DualStreamBlock(nn.Module):
@@ -60,7 +80,7 @@ class DualStreamBlock(nn.Module):
         self.txt_mlp = MLP(dim, mlp_ratio)
 
     def forward(
-        self, txt: Tensor, vid: Tensor, temb: Tensor, key_mask: Tensor | None, rope
+        self, txt: Tensor, vid: Tensor, temb: Tensor, key_mask: Tensor | None, rope: Rope
     ) -> tuple[Tensor, Tensor]:
         v_shift1, v_scale1, v_gate1, v_shift2, v_scale2, v_gate2 = self.vid_mod(temb)
         t_shift1, t_scale1, t_gate1, t_shift2, t_scale2, t_gate2 = self.txt_mod(temb)
@@ -96,19 +116,16 @@ class SingleStreamBlock(nn.Module):
         self.norm_k = RMSNorm(head_dim)
         self.linear2 = nn.Linear(self.inner + self.mlp_hidden, dim)
 
-    def forward(
-        self, txt: Tensor, vid: Tensor, temb: Tensor, key_mask: Tensor | None, rope
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, temb: Tensor, key_mask: Tensor | None, rope: Rope) -> Tensor:
+        """x: [B, Lt + Lv, D], the caption and video tokens in one sequence."""
         shift, scale, gate = self.mod(temb)
-        x = torch.cat([txt, vid], dim=1)
         h = self.linear1(modulate(layer_norm(x), shift, scale))
         q, k, v, mlp = h.split([self.inner, self.inner, self.inner, self.mlp_hidden], dim=-1)
         heads = (self.heads, self.head_dim)
         q, k = self.norm_q(q.unflatten(-1, heads)), self.norm_k(k.unflatten(-1, heads))
         q, k = apply_rotary_qk(q, k, *rope)
         out = attention(q, k, v.unflatten(-1, heads), key_mask).flatten(-2)
-        x = x + gate[:, None] * self.linear2(torch.cat([out, F.gelu(mlp, approximate="tanh")], dim=-1))
-        return x.split([txt.shape[1], vid.shape[1]], dim=1)
+        return x + gate[:, None] * self.linear2(torch.cat([out, F.gelu(mlp, approximate="tanh")], dim=-1))
 
 
 class VideoDiT(nn.Module):
@@ -128,11 +145,6 @@ class VideoDiT(nn.Module):
         self.dual_blocks = nn.ModuleList(DualStreamBlock(*args) for _ in range(c.num_dual_blocks))
         self.single_blocks = nn.ModuleList(SingleStreamBlock(*args) for _ in range(c.num_single_blocks))
         self.final = FinalLayer(dim, c.out_channels * self.patch_volume)
-
-    def block(self, index: int) -> nn.Module:
-        """Block ``index`` in execution order: the dual-stream blocks, then the single-stream ones."""
-        m = len(self.dual_blocks)
-        return self.dual_blocks[index] if index < m else self.single_blocks[index - m]
 
     def _input(self, latent: Tensor, condition: Tensor | None) -> Tensor:
         """Stack the noisy latent with the I2V condition (latent + mask), zeros when there is none."""
@@ -183,19 +195,16 @@ class VideoDiT(nn.Module):
         x = self._input(latent, condition)
         grid = tuple(s // p for s, p in zip(x.shape[2:], c.patch_size, strict=True))
         vid = self.patch_embed(patchify(x, c.patch_size))
-        positions = [video_grid_positions(grid)]
-        n_ref = 0
+        num_refs = 0
         if references is not None:
             if references.shape[-2:] != latent.shape[-2:]:
                 raise ValueError(
                     f"references {tuple(references.shape)} and latent {tuple(latent.shape)} differ in H, W"
                 )
             ref = self._reference_input(references)
-            n_ref = ref.shape[2] * grid[1] * grid[2]
+            num_refs = ref.shape[2]
             vid = torch.cat([self.patch_embed(patchify(ref, c.patch_size)), vid], dim=1)
-            ref_grid = (1, grid[1], grid[2])
-            offsets = [-c.ref_temporal_offset * k for k in range(1, ref.shape[2] + 1)]
-            positions = [video_grid_positions(ref_grid, t_offset=o) for o in offsets] + positions
+        n_ref = num_refs * grid[1] * grid[2]
 
         txt = torch.cat([proj(e) for proj, e in zip(self.text_proj, texts, strict=True)], dim=1)
         masks = text_masks or [None] * len(texts)
@@ -206,15 +215,39 @@ class VideoDiT(nn.Module):
                 for e, m in zip(texts, masks, strict=True)
             ]
             parts.append(torch.ones(b, vid.shape[1], dtype=torch.bool, device=vid.device))
-            key_mask = normalize_key_mask(torch.cat(parts, dim=1))
+            key_mask = torch.cat(parts, dim=1)
 
-        positions = torch.cat([torch.zeros(txt.shape[1], 3), *positions]).to(latent.device)
-        rope = self.rope(positions[None])
-        return VideoState(txt, vid, self.time_embed(t), key_mask, rope, grid, n_ref)
+        text_len = txt.shape[1]
+        rope = self.rope.table(
+            ("video", text_len, num_refs, grid),
+            lambda: self._positions(text_len, num_refs, grid),
+            vid.device,
+            vid.dtype,
+        )
+        return VideoState(txt, vid, self.time_embed(t), key_mask, rope, grid, text_len, n_ref)
+
+    def _positions(self, text_len: int, num_refs: int, grid: tuple[int, int, int]) -> Tensor:
+        """(t, h, w) of [caption; references; clip]: captions at the origin, reference k at t = -phi*k."""
+        ref_grid = (1, grid[1], grid[2])
+        offsets = [-self.config.ref_temporal_offset * k for k in range(1, num_refs + 1)]
+        refs = [video_grid_positions(ref_grid, t_offset=o) for o in offsets]
+        return torch.cat([torch.zeros(text_len, 3, dtype=torch.float64), *refs, video_grid_positions(grid)])
 
     def run_block(self, index: int, state: VideoState) -> VideoState:
-        txt, vid = self.block(index)(state.txt, state.vid, state.temb, state.key_mask, state.rope)
-        return replace(state, txt=txt, vid=vid)
+        """Video block ``index`` in execution order: the dual-stream blocks, then the single-stream ones."""
+        m = len(self.dual_blocks)
+        if index < m:
+            txt, x = self.dual_blocks[index](state.txt, state.x, state.temb, state.key_mask, state.rope)
+            return replace(state, txt=txt, x=x)
+        state = state.merged()
+        return replace(
+            state, x=self.single_blocks[index - m](state.x, state.temb, state.key_mask, state.rope)
+        )
+
+    def run_blocks(self, state: VideoState) -> VideoState:
+        for i in range(self.config.num_blocks):
+            state = self.run_block(i, state)
+        return state
 
     def head(self, state: VideoState) -> Tensor:
         c = self.config
@@ -223,7 +256,4 @@ class VideoDiT(nn.Module):
 
     def forward(self, latent: Tensor, t: Tensor, texts: list[Tensor], **kwargs) -> Tensor:
         """The tower alone (no audio): used for video-only work and as the 'indep' reference in tests."""
-        state = self.embed(latent, t, texts, **kwargs)
-        for i in range(self.config.num_blocks):
-            state = self.run_block(i, state)
-        return self.head(state)
+        return self.head(self.run_blocks(self.embed(latent, t, texts, **kwargs)))

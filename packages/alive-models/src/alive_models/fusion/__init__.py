@@ -1,7 +1,9 @@
 """The fusion seam: how the video and audio towers exchange information, chosen by ``FusionConfig.kind``.
 
-A fusion is an ``nn.Module`` called as ``fusion(video, audio, video_state, audio_state, mutual)`` that
-runs both towers' blocks (in whatever interleaving it needs) and returns their final states. It owns
+A fusion is an ``nn.Module`` called as
+``fusion(video, audio, video_state, audio_state, mutual=, video_clean=, audio_clean=)`` that runs both
+towers' blocks (in whatever interleaving it needs) and returns their final states. It must run the
+same modules on every rank whatever the per-sample flags say (FSDP), gating per sample instead. It owns
 only cross-modal weights, so new variants (CCL, UniTalking) fit in without touching the towers.
 """
 
@@ -10,9 +12,22 @@ from __future__ import annotations
 from torch import nn
 
 from alive_models.config import JointConfig
-from alive_models.fusion.ta_cross_attn import TACrossAttention, TACrossAttnFusion, relative_depth_pairing
+from alive_models.fusion.ta_cross_attn import (
+    TACrossAttention,
+    TACrossAttnFusion,
+    dual_stream_pairing,
+    relative_depth_pairing,
+    tower_pairing,
+)
 
-__all__ = ["TACrossAttention", "TACrossAttnFusion", "build_fusion", "relative_depth_pairing"]
+__all__ = [
+    "TACrossAttention",
+    "TACrossAttnFusion",
+    "build_fusion",
+    "dual_stream_pairing",
+    "relative_depth_pairing",
+    "tower_pairing",
+]
 
 
 def build_fusion(config: JointConfig) -> nn.Module:

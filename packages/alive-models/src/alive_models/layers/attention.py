@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from alive_models.layers.kernels import flash_attn_installed
 from alive_models.layers.norms import RMSNorm
-from alive_models.layers.rope import apply_rotary, apply_rotary_qk
+from alive_models.layers.rope import Rope, apply_rotary, apply_rotary_qk
 
 Backend = Literal["auto", "flash", "sdpa", "reference"]
 _BACKEND: Backend = "auto"
@@ -50,7 +50,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -
     """Multi-head attention. q: [B, Lq, H, D]; k, v: [B, Lk, H, D]; key_mask: [B, Lk] bool, True = attend.
 
     A query row whose keys are all masked out returns zeros (rather than NaN). Pass ``None`` rather
-    than an all-True mask: it keeps the fused kernels (the towers drop such masks once per forward).
+    than an all-True mask: it keeps the fused kernels. Nothing here reads values on the host.
     """
     if key_mask is not None:
         # Rows with no valid key attend everything and are zeroed afterwards: no NaN, no host sync.
@@ -89,9 +89,6 @@ def reference_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None
     if key_mask is not None:
         scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
     return torch.einsum("bhqk,bkhd->bqhd", scores.softmax(dim=-1), v.float()).to(q.dtype)
-
-
-Rope = tuple[Tensor, Tensor]
 
 
 class Attention(nn.Module):
@@ -147,10 +144,3 @@ class Attention(nn.Module):
         if rope_k is not None:
             k = apply_rotary(k, *rope_k)
         return self.to_out(attention(q, k, v, key_mask).flatten(-2))
-
-
-def normalize_key_mask(key_mask: Tensor | None) -> Tensor | None:
-    """None when every key is valid (one host sync, done once per forward, not per attention call)."""
-    if key_mask is None or bool(key_mask.all()):
-        return None
-    return key_mask.bool()

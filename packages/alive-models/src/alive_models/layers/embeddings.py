@@ -68,12 +68,12 @@ def unpatchify(
 
 
 def video_grid_positions(grid: tuple[int, int, int], t_offset: float = 0.0) -> Tensor:
-    """(t, h, w) positions [T*H*W, 3] of a token grid in raster order; t shifted by ``t_offset``."""
+    """(t, h, w) float64 positions [T*H*W, 3] of a token grid in raster order; t shifted by ``t_offset``."""
     gt, gh, gw = grid
     t, h, w = torch.meshgrid(
-        torch.arange(gt, dtype=torch.float32) + t_offset,
-        torch.arange(gh, dtype=torch.float32),
-        torch.arange(gw, dtype=torch.float32),
+        torch.arange(gt, dtype=torch.float64) + t_offset,
+        torch.arange(gh, dtype=torch.float64),
+        torch.arange(gw, dtype=torch.float64),
         indexing="ij",
     )
     return torch.stack([t, h, w], dim=-1).reshape(-1, 3)

@@ -4,50 +4,83 @@ One module serves the video tower's 3D (t, h, w) RoPE, the audio tower's 1D RoPE
 RoPE inside TA-CrossAttn: positions are floats (UniTemp positions and reference offsets are not
 integers), each axis owns a slice of head_dim. Rotate-half layout (what liger-kernel's fused kernel
 expects), so cos/sin are [.., L, D] with the frequency vector repeated twice.
+
+Positions depend only on shapes, so :meth:`RotaryEmbedding.table` caches (cos, sin) per
+(key, device, dtype): sampler steps, guidance passes and training steps with the same shapes reuse
+them, and a warm forward builds no table and copies nothing from the host.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 
 import torch
 from torch import Tensor, nn
 
 from alive_models.layers.kernels import use_liger
 
+Rope = tuple[Tensor, Tensor]
+
 
 class RotaryEmbedding(nn.Module):
-    """Turns positions [B, L, n_axes] into (cos, sin) [B, L, head_dim] for :func:`apply_rotary`."""
+    """Turns positions [B, L, n_axes] into (cos, sin) [B, L, head_dim] for :func:`apply_rotary`.
 
-    inv_freq: Tensor
+    Owns no tensors: the frequencies are recomputed in float64 whenever a table is built (rarely, see
+    :meth:`table`), so casting the model to bf16 cannot degrade them.
+    """
 
-    def __init__(self, axes_dims: tuple[int, ...], theta: float = 10_000.0) -> None:
+    def __init__(self, axes_dims: tuple[int, ...], theta: float = 10_000.0, cache_size: int = 32) -> None:
         super().__init__()
         if any(d % 2 for d in axes_dims):
             raise ValueError(f"every RoPE axis needs an even dim, got {axes_dims}")
         self.axes_dims = tuple(axes_dims)
         self.theta = theta
-        self.register_buffer("inv_freq", torch.empty(sum(axes_dims) // 2), persistent=False)
-        self.reset_parameters()
+        self.cache_size = cache_size
+        self._tables: OrderedDict[Hashable, Rope] = OrderedDict()
 
-    def reset_parameters(self) -> None:
-        freqs = [
-            1.0 / self.theta ** (torch.arange(0, d, 2, dtype=torch.float64, device=self.inv_freq.device) / d)
+    def inv_freq(self, device: torch.device | str = "cpu") -> list[Tensor]:
+        """Per axis, the float64 inverse frequencies theta^(-2i/d) of its slice of head_dim."""
+        return [
+            1.0 / self.theta ** (torch.arange(0, d, 2, dtype=torch.float64, device=device) / d)
             for d in self.axes_dims
         ]
-        with torch.no_grad():
-            self.inv_freq.copy_(torch.cat(freqs).to(self.inv_freq.dtype))
 
-    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, positions: Tensor) -> Rope:
+        """float64 (cos, sin) for ``positions`` [..., L, n_axes] on their device (no caching)."""
         if positions.shape[-1] != len(self.axes_dims):
             raise ValueError(f"positions have {positions.shape[-1]} axes, RoPE expects {len(self.axes_dims)}")
-        # Each frequency belongs to one axis; gather that axis' position for it. fp32 keeps large
-        # positions (long clips, -phi*k offsets) exact enough; cos/sin are cast at use.
-        axis_of_freq = torch.repeat_interleave(
-            torch.arange(len(self.axes_dims), device=positions.device),
-            torch.tensor([d // 2 for d in self.axes_dims], device=positions.device),
+        angles = torch.cat(
+            [
+                positions[..., axis, None].double() * freqs
+                for axis, freqs in enumerate(self.inv_freq(positions.device))
+            ],
+            dim=-1,
         )
-        angles = positions.float()[..., axis_of_freq] * self.inv_freq.float()
         angles = torch.cat([angles, angles], dim=-1)
         return angles.cos(), angles.sin()
+
+    def table(
+        self, key: Hashable, positions: Callable[[], Tensor], device: torch.device, dtype: torch.dtype
+    ) -> Rope:
+        """Cached (cos, sin) [1, L, head_dim] in ``dtype`` on ``device``.
+
+        ``positions()`` builds the [L, n_axes] positions on the host; it runs only on a cache miss, so
+        ``key`` must determine them (the shapes they come from). The table is built outside autograd
+        and outside inference mode, so one built during sampling serves training too.
+        """
+        full_key = (key, torch.device(device), dtype)
+        hit = self._tables.get(full_key)
+        if hit is not None:
+            self._tables.move_to_end(full_key)
+            return hit
+        with torch.inference_mode(False), torch.no_grad():
+            cos, sin = self(positions()[None])
+            hit = (cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype))
+        self._tables[full_key] = hit
+        if len(self._tables) > self.cache_size:
+            self._tables.popitem(last=False)
+        return hit
 
 
 def _rotate_half(x: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper, checkpoint_wrapper
+from torch.distributed._composable import checkpoint
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
@@ -28,17 +28,24 @@ def mixed_precision(
 
 
 def apply_activation_checkpointing(blocks: nn.ModuleList) -> None:
-    """Recompute each block's activations in backward (non-reentrant), keeping only block inputs."""
-    for i, block in enumerate(blocks):
-        if not isinstance(block, CheckpointWrapper):
-            blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+    """Recompute each block's activations in backward (non-reentrant), keeping only block inputs.
+
+    The composable API installs hooks on the block itself instead of wrapping it, so parameter names
+    (state dicts, regex parameter groups) are the same with and without checkpointing.
+    """
+    for block in blocks:
+        if checkpoint.state(block) is None:
+            checkpoint(block, preserve_rng_state=False)
 
 
-def apply_compile(blocks: nn.ModuleList) -> None:
-    """``torch.compile`` each block in place (same weights, same state-dict keys)."""
+def apply_compile(blocks: nn.ModuleList, backend: str = "inductor") -> None:
+    """``torch.compile`` each block in place with ``module.compile()`` (same module, same names).
+
+    Blocks of one kind share a compiled graph: parameters are graph inputs, not constants.
+    """
     for block in blocks:
         if getattr(block, "_compiled_call_impl", None) is None:
-            block.compile(fullgraph=False)
+            block.compile(backend=backend, fullgraph=False)
 
 
 def apply_fsdp(

@@ -24,6 +24,7 @@ class ParallelPlan:
 
     activation_checkpointing: bool = True
     compile: bool = False
+    compile_backend: str = "inductor"  # "aot_eager" traces the same graphs without generating code
     fsdp: bool = True
     param_dtype: torch.dtype | None = torch.bfloat16
     reduce_dtype: torch.dtype | None = torch.float32
@@ -51,7 +52,7 @@ def parallelize_joint(
             apply_activation_checkpointing(blocks)
     if plan.compile:
         for blocks in lists:
-            apply_compile(blocks)
+            apply_compile(blocks, plan.compile_backend)
     if plan.fsdp:
         policy = mixed_precision(plan.param_dtype, plan.reduce_dtype)
         apply_fsdp([b for blocks in lists for b in blocks], model, mesh, policy, plan.reshard_after_forward)
