@@ -206,7 +206,8 @@ def latents(config, batch=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     c = config.video.latent_channels
     xv = torch.randn(batch, c, 3, 4, 6, generator=g)
-    xa = torch.randn(batch, config.audio.in_channels, 13, generator=g)
+    audio_latents = round(config.timeline.audio_latents_for(3))  # the clip's span on the timeline
+    xa = torch.randn(batch, config.audio.in_channels, audio_latents, generator=g)
     return xv, xa, torch.full((batch,), 0.7), torch.full((batch,), 0.7)
 
 
