@@ -4,6 +4,9 @@ against an unsharded copy. Writes this rank's findings to OUT/rank{N}.json.
 --mode parity: one training step, each rank on its half of a batch whose "mutual" flags are all off
 on rank 0 and all on on rank 1 (the rank-dependent branch that once desynchronised the collectives).
 --mode scenarios: sharded init, save/load of sharded models, one-stream forwards.
+--mode variants: the CCL and UniTalking fusions, one training step each, with routes that differ
+between the ranks (rank 0: t2v_t2a and v2a samples; rank 1: a2v and t2va) and, for UniTalking,
+reference audio on rank 1 only (rank 0 passes none at all: the branch must still run there).
 """
 
 import argparse
@@ -33,14 +36,16 @@ def loss_of(model, inputs):
     return sum(flow_loss(o, torch.zeros_like(o)) for o in (out.video, out.audio) if o is not None)
 
 
-def step_errors(model, reference, batch, rank: int, world: int) -> dict:
+def step_errors(model, reference, batch, rank: int, world: int, local=None) -> dict:
     """One forward + backward of the sharded model on this rank's half of ``batch`` against the
-    unsharded reference on all of it: loss and gradient errors (gradients are averaged by FSDP)."""
+    unsharded reference on all of it: loss and gradient errors (gradients are averaged by FSDP).
+    ``local`` may rewrite this rank's half (same meaning, another form)."""
     model.zero_grad(set_to_none=True)
     reference.zero_grad(set_to_none=True)
     ref_loss = loss_of(reference, batch)
     ref_loss.backward()
-    loss = loss_of(model, batch.map(lambda x: x.chunk(world)[rank]))
+    half = batch.map(lambda x: x.chunk(world)[rank])
+    loss = loss_of(model, half if local is None else local(half))
     loss.backward()
     losses = [torch.zeros(()) for _ in range(world)]
     dist.all_gather(losses, loss.detach().float())
@@ -138,10 +143,47 @@ def scenarios(args, config, mesh, rank, world) -> dict:
     return result
 
 
+def variants(args, config, mesh, rank, world) -> dict:
+    from alive_models.fusion import ExchangeRoutes
+
+    result = {}
+    for preset in ("tiny-ccl", "tiny-unitalking"):
+        config = get_preset(preset)
+        model = build_model(config, seed=0)
+        randomize_zero_inits(model)
+        reference = copy.deepcopy(model)
+        g = torch.Generator().manual_seed(2)
+        batch = random_inputs(config, batch=4, i2v=True, references=1, latent_frames=5, generator=g)
+        routes = ExchangeRoutes.for_tasks(["t2v_t2a", "v2a", "a2v", "t2va"])
+        batch.video_reads_audio, batch.audio_reads_video = routes.video_reads_audio, routes.audio_reads_video
+        batch.video_clean = torch.tensor([False, True, False, False])
+        batch.audio_clean = torch.tensor([False, False, True, False])
+        local = None
+        if config.audio.reference_audio:
+            batch.reference_audio = torch.randn(4, config.audio.in_channels, 6, generator=g)
+            batch.reference_audio_mask = torch.tensor(
+                [[False] * 6] * 2 + [[True] * 6, [True] * 4 + [False] * 2]
+            )
+            if rank == 0:  # no reference in this rank's samples: none passed at all
+
+                def local(half):
+                    return dataclasses.replace(half, reference_audio=None, reference_audio_mask=None)
+
+        plan = ParallelPlan(activation_checkpointing=args.ac, param_dtype=None, reduce_dtype=None)
+        parallelize_joint(model, mesh, plan)
+        result[preset] = {
+            **step_errors(model, reference, batch, rank, world, local),
+            "sharded": all(isinstance(b, FSDPModule) for bl in block_lists(model) for b in bl),
+            "fusion_lists": [len(bl) for bl in block_lists(model)][3:],
+            "local_fraction": local_fraction(model, reference),
+        }
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--mode", choices=["parity", "scenarios"], default="parity")
+    parser.add_argument("--mode", choices=["parity", "scenarios", "variants"], default="parity")
     parser.add_argument("--ac", action="store_true")
     parser.add_argument("--bf16", action="store_true")
     args = parser.parse_args()
@@ -150,7 +192,7 @@ def main() -> None:
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,))
-    run = parity if args.mode == "parity" else scenarios
+    run = {"parity": parity, "scenarios": scenarios, "variants": variants}[args.mode]
     result = run(args, get_preset("tiny"), mesh, rank, world)
     (args.out / f"rank{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from alive_models import get_preset
+from alive_models import build_model, get_preset
 from alive_models.flops import SequenceLengths, forward_flops
 from alive_models.flow import (
     add_noise,
@@ -85,10 +85,22 @@ def test_flow_loss_sample_mask():
     assert loss.item() == 0 and p.grad is not None
 
 
-@pytest.mark.parametrize("streams", ["mutual", "indep", "audio only", "video only"])
-def test_flops_formula_matches_torch_flop_counter(tiny_model, tiny_config, streams):
-    inputs = random_inputs(tiny_config, batch=2, i2v=True, references=2)
+@pytest.mark.parametrize("preset", ["tiny", "tiny-ccl", "tiny-unitalking"])
+@pytest.mark.parametrize("streams", ["mutual", "indep", "a2v and v2a", "audio only", "video only"])
+def test_flops_formula_matches_torch_flop_counter(preset, streams):
+    tiny_config = get_preset(preset)
+    tiny_model = build_model(tiny_config, seed=0)
+    inputs = random_inputs(tiny_config, batch=2, i2v=True, references=2, latent_frames=5)
     inputs.mutual = torch.tensor([streams == "mutual"] * 2)
+    if streams == "a2v and v2a":
+        inputs.mutual = None
+        inputs.video_reads_audio, inputs.audio_reads_video = (
+            torch.tensor([True, False]),
+            torch.tensor([False, True]),
+        )
+    if tiny_config.audio.reference_audio:  # voice cloning: one sample with a reference, one without
+        inputs.reference_audio = torch.randn(2, tiny_config.audio.in_channels, 6)
+        inputs.reference_audio_mask = torch.tensor([[True] * 6, [False] * 6])
     if streams == "audio only":
         inputs = dataclasses.replace(inputs, video=None)
     if streams == "video only":
@@ -96,7 +108,8 @@ def test_flops_formula_matches_torch_flop_counter(tiny_model, tiny_config, strea
     # The reference backend runs attention as einsums, which the counter sees.
     with attention_backend("reference"), FlopCounterMode(display=False) as counter:
         tiny_model(inputs)
-    # "indep" samples cost the same as "mutual" ones: the exchange runs and is gated per sample.
+    # "indep" samples cost the same as "mutual" ones: the exchange runs and is gated per sample. CCL's
+    # context-token projections are paid once per forward, not per sample (batch 2 checks it).
     assert (
         forward_flops(tiny_config, SequenceLengths.from_inputs(inputs), batch=2) == counter.get_total_flops()
     )
@@ -108,3 +121,25 @@ def test_flops_of_alive_14b_at_480p_5s():
     flops = forward_flops(get_preset("alive-14b"), lengths)
     # ~2 * params * tokens for the linears (~11e9 * 2 * 48k = 1.1e15) plus attention over 48k tokens.
     assert 1e15 < flops < 1e16
+    # CCL: windowed attention, but a video -> audio module after each of the 32 audio blocks (80.9 vs
+    # 68.5 TFLOP of fusion at 5 s); UniTalking's joint attention over [clip; audio] (48k + 125 tokens,
+    # 56 modules) is quadratic in the clip: 0.91 PFLOP of fusion.
+    ccl, uni = (forward_flops(get_preset(f"alive-14b-{k}"), lengths) for k in ("ccl", "unitalking"))
+    assert flops * 0.95 < ccl < flops * 1.05 and uni > flops * 1.2
+
+
+def test_ccl_fusion_flops_grow_linearly_with_the_clip():
+    from alive_models.flops import fusion_flops
+
+    config = get_preset("alive-14b-ccl")
+
+    def fusion_at(latent_frames: int) -> int:
+        audio = round(config.timeline.audio_latents_for(latent_frames))
+        per_sample, _ = fusion_flops(
+            config,
+            SequenceLengths((latent_frames, 60, 104), audio, text_lengths=(256, 256), caption_length=256),
+        )
+        return per_sample
+
+    # 61 vs 121 latent frames (10 s vs 20 s): twice the clip, twice the fusion FLOPs (within 1%).
+    assert fusion_at(121) / fusion_at(61) == pytest.approx(121 / 61, rel=0.01)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from alive_models import build_model, get_preset
 from alive_models.flow import flow_loss
 from alive_models.host_sync import HostSyncCounter
 from alive_models.testing import random_inputs, randomize_zero_inits
@@ -43,11 +44,19 @@ def test_counter_ignores_device_side_work():
     assert syncs.count == 0, syncs.report()
 
 
-def test_forward_and_backward_have_no_host_syncs(tiny_config, tiny_model):
-    """Everything a training step feeds the model: masks, references, I2V, mutual mixed, clean flags."""
+@pytest.mark.parametrize("preset", ["tiny", "tiny-ccl", "tiny-unitalking"])
+def test_forward_and_backward_have_no_host_syncs(preset):
+    """Everything a training step feeds the model: masks, references, I2V, mutual mixed, per-direction
+    routes, clean flags, reference audio for some samples (every fusion kind)."""
+    tiny_config = get_preset(preset)
+    tiny_model = build_model(tiny_config, seed=0)
     randomize_zero_inits(tiny_model)
     inputs = random_inputs(tiny_config, batch=3, i2v=True, references=1)
     inputs.mutual = torch.tensor([True, False, True])
+    inputs.video_reads_audio = torch.tensor([True, True, False])
+    if tiny_config.audio.reference_audio:
+        inputs.reference_audio = torch.randn(3, tiny_config.audio.in_channels, 5)
+        inputs.reference_audio_mask = torch.tensor([[True] * 5, [False] * 5, [True] * 3 + [False] * 2])
     inputs.audio_clean = torch.tensor([False, False, True])
     inputs.video_clean = torch.tensor([True, False, False])
     inputs.video_text_masks = [torch.rand(3, inputs.video_texts[0].shape[1]) > 0.3, None]

@@ -145,8 +145,12 @@ def test_bad_inputs_get_clear_errors(tiny_config, tiny_model, inputs):
     )
     with pytest.raises(ValueError, match="pairing"):
         JointAVDiT(bad)
-    with pytest.raises(NotImplementedError):
-        JointAVDiT(dataclasses.replace(tiny_config, fusion=FusionConfig(kind="ccl")))
+    with pytest.raises(ValueError, match="unknown fusion kind"):
+        FusionConfig(kind="gated")
+    with pytest.raises(ValueError, match="video_reads_audio"):
+        tiny_model(dataclasses.replace(inputs, video_reads_audio=torch.tensor([1, 0])))
+    with pytest.raises(ValueError, match="no reference branch"):
+        tiny_model(dataclasses.replace(inputs, reference_audio=torch.randn(2, 8, 5)))
 
 
 def test_relative_depth_pairing():

@@ -79,6 +79,24 @@ def test_one_stream_forwards_and_sample_flags_under_fsdp(scenarios, scenario):
         assert r[scenario]["grad_error"] < 1e-4, r[scenario]
 
 
+@pytest.mark.slow
+def test_two_process_fsdp_of_the_variants_with_routes_that_differ_between_ranks(tmp_path):
+    """CCL and UniTalking sharded over two ranks whose samples take different routes (rank 0: LCT-only
+    and v2a; rank 1: a2v and joint) and, for UniTalking, reference audio on one rank only: every
+    fusion module is an FSDP unit and runs on both ranks, forward and backward, like the unsharded model."""
+    for r in run_two_ranks(tmp_path, "--mode", "variants", "--ac"):
+        for preset, found in r.items():
+            assert found["sharded"], preset
+            assert found["loss_error"] < 1e-5, (preset, found)
+            assert found["grad_error"] < 1e-4, (preset, found)
+            assert 0.45 < found["local_fraction"] < 0.6, (preset, found)
+        assert r["tiny-ccl"]["fusion_lists"] == [
+            4,
+            3,
+        ]  # audio -> video per video block, the reverse per audio block
+        assert r["tiny-unitalking"]["fusion_lists"] == [4]  # one joint module per exchange point
+
+
 def _loss(model, inputs):
     out = model(inputs)
     return flow_loss(out.video, torch.zeros_like(out.video)) + flow_loss(

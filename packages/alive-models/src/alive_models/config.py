@@ -74,6 +74,10 @@ class AudioDiTConfig:
     transcript_dim: int = 512
     rope_theta: float = 10_000.0
     timestep_freq_dim: int = 256
+    # Voice cloning (seed 004 §4.4): a supplementary key/value branch in every block's caption
+    # cross-attention attends reference-audio latents (the audio codec's, ``in_channels`` wide).
+    # Off: the tower has no reference parameters at all.
+    reference_audio: bool = False
 
     @property
     def hidden_dim(self) -> int:
@@ -99,6 +103,12 @@ class FusionConfig:
     ``immutable_audio``: the single-stream exchanges read the audio states detached, so the video
     loss's gradient never reaches the audio tower through them (the seed's "strong, immutable
     condition" read literally). The dual-stream exchanges still train both ways.
+
+    Every kind attends at ``num_heads`` x ``head_dim``. CCL (seed 002 §4): ``audio_context_tokens``
+    (n_a) Learnable Context Tokens in each audio -> video module, ``video_context_tokens`` (n_v) in
+    each video -> audio module; ``window_frames`` sets the audio window of a video frame to that
+    many frames' worth of audio latents (s = 3c). UniTalking (seed 004 §4.4): its joint attention's
+    anisotropic 3D RoPE splits ``head_dim`` over (t, h, w) like the video tower (1/4, 3/8, 3/8).
     """
 
     kind: FusionKind = "ta_cross_attn"
@@ -107,12 +117,26 @@ class FusionConfig:
     rope_theta: float = 10_000.0
     pairing: PairingRule | tuple[int, ...] = "dual_stream"
     immutable_audio: bool = False
+    audio_context_tokens: int = 8
+    video_context_tokens: int = 128
+    window_frames: int = 3
 
     def __post_init__(self) -> None:
         if isinstance(self.pairing, str) and self.pairing not in ("dual_stream", "relative_depth"):
             raise ValueError(
                 f"pairing {self.pairing!r}: choose 'dual_stream', 'relative_depth' or a tuple of indices"
             )
+        if self.kind not in ("ta_cross_attn", "ccl", "unitalking"):
+            raise ValueError(f"unknown fusion kind {self.kind!r}; choose ta_cross_attn, ccl or unitalking")
+        if min(self.audio_context_tokens, self.video_context_tokens, self.window_frames) < 1:
+            raise ValueError("CCL needs at least one context token per direction and a window of 1+ frames")
+
+    @property
+    def rope_axes_dims(self) -> tuple[int, int, int]:
+        """(t, h, w) split of ``head_dim`` for UniTalking's 3D RoPE: the video tower's proportions."""
+        t = self.head_dim // 4 // 2 * 2
+        h = (self.head_dim - t) // 2 // 2 * 2
+        return t, h, self.head_dim - t - h
 
 
 @dataclass(frozen=True)
@@ -148,6 +172,15 @@ class JointConfig:
         )
 
 
+def with_fusion(config: JointConfig, kind: FusionKind) -> JointConfig:
+    """``config`` with another fusion kind; UniTalking also turns the audio tower's reference-audio
+    branch on (voice cloning is part of that system)."""
+    audio = dataclasses.replace(
+        config.audio, reference_audio=kind == "unitalking" or config.audio.reference_audio
+    )
+    return dataclasses.replace(config, fusion=dataclasses.replace(config.fusion, kind=kind), audio=audio)
+
+
 PRESETS: dict[str, JointConfig] = {
     "alive-14b": JointConfig(),
     "tiny": JointConfig(
@@ -172,9 +205,13 @@ PRESETS: dict[str, JointConfig] = {
             transcript_vocab_size=64,
             transcript_dim=8,
         ),
-        fusion=FusionConfig(num_heads=2, head_dim=16),
+        fusion=FusionConfig(num_heads=2, head_dim=16, audio_context_tokens=3, video_context_tokens=5),
     ),
 }
+# The related systems of seeds 002 and 004 as variants of the same towers (same sizes, other seam).
+for _base in ("alive-14b", "tiny"):
+    for _kind in ("ccl", "unitalking"):
+        PRESETS[f"{_base}-{_kind}"] = with_fusion(PRESETS[_base], _kind)
 
 
 def get_preset(name: str) -> JointConfig:

@@ -14,7 +14,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from alive_models.audio_dit import AudioDiT
 from alive_models.config import JointConfig
-from alive_models.fusion import build_fusion
+from alive_models.fusion import ExchangeRoutes, build_fusion
 from alive_models.geometry import Timeline
 from alive_models.pretrained import match_weights, read_config, save_weights
 from alive_models.video_dit import VideoDiT
@@ -34,11 +34,17 @@ class JointInputs:
     audio_caption: [B, L_c, D_c] (+ mask); transcript_ids: [B, L_w] speech tokens (+ mask);
     video_condition: [B, C_v + mask, T, H, W] for I2V (see :func:`i2v_condition`);
     references: [B, K, C_v, H, W] reference-image latents;
-    mutual: [B] bool, False = "indep" (no cross-modal exchange) for that sample;
+    video_reads_audio, audio_reads_video: [B] bool, the per-sample routes of the exchange (seed 002
+    Dynamic Context Routing; :data:`alive_models.fusion.TASK_ROUTES` maps tasks to them);
+    mutual: [B] bool, shorthand for both routes (False = neither: the "indep" state); routes and
+    mutual combine with AND; None = on for every sample;
     audio_mask: [B, L_a] bool, False on padded audio latents (keys of audio self-attention and of the
     video -> audio exchange); None = no padding;
     video_clean, audio_clean: [B] bool, True = that stream is given clean (t=0) as a condition (a2v,
-    v2a): the other tower reads it detached, no gradient flows back into it through the exchange.
+    v2a): the other tower reads it detached, no gradient flows back into it through the exchange;
+    reference_audio: [B, C_a, L_ref] reference-audio latents (voice cloning, seed 004 §4.4; needs
+    ``AudioDiTConfig.reference_audio``) with reference_audio_mask [B, L_ref] (all False = no
+    reference for that sample, so a batch can mix samples with and without).
 
     Masks are used as given: pass None, not an all-True mask, when nothing is padded (keeps the fused
     attention kernels; the model never reads mask values on the host to find out).
@@ -60,6 +66,10 @@ class JointInputs:
     audio_mask: Tensor | None = None
     video_clean: Tensor | None = None
     audio_clean: Tensor | None = None
+    video_reads_audio: Tensor | None = None
+    audio_reads_video: Tensor | None = None
+    reference_audio: Tensor | None = None
+    reference_audio_mask: Tensor | None = None
 
     def map(self, fn) -> JointInputs:
         """Apply ``fn`` to every tensor (lists included): moves, casts, repeats for batched guidance."""
@@ -80,6 +90,11 @@ class JointInputs:
             raise ValueError("JointInputs needs video, audio or both")
         return stream.shape[0]
 
+    @property
+    def routes(self) -> ExchangeRoutes:
+        """The per-sample routes of the exchange: the per-direction switches AND ``mutual``."""
+        return ExchangeRoutes.resolve(self.mutual, self.video_reads_audio, self.audio_reads_video)
+
     def validate(self, timeline: Timeline) -> None:
         """Shape checks with clear errors; reads no tensor values (no host sync)."""
         b = self.batch_size
@@ -87,7 +102,7 @@ class JointInputs:
             raise ValueError("a video stream needs t_video and video_texts")
         if self.audio is not None and (self.t_audio is None or self.audio_caption is None):
             raise ValueError("an audio stream needs t_audio and audio_caption")
-        for name in ("mutual", "video_clean", "audio_clean"):
+        for name in ("mutual", "video_clean", "audio_clean", "video_reads_audio", "audio_reads_video"):
             flags = getattr(self, name)
             if flags is not None and (flags.shape != (b,) or flags.dtype != torch.bool):
                 raise ValueError(
@@ -173,6 +188,8 @@ class JointAVDiT(nn.Module):
                 inputs.transcript_ids,
                 inputs.transcript_mask,
                 latent_mask=inputs.audio_mask,
+                reference_audio=inputs.reference_audio,
+                reference_audio_mask=inputs.reference_audio_mask,
             )
         if as_ is None:
             return JointOutputs(self.video.head(self.video.run_blocks(vs)), None)
@@ -183,7 +200,7 @@ class JointAVDiT(nn.Module):
             self.audio,
             vs,
             as_,
-            mutual=inputs.mutual,
+            routes=inputs.routes,
             video_clean=inputs.video_clean,
             audio_clean=inputs.audio_clean,
         )

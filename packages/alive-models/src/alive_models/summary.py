@@ -3,8 +3,11 @@
 How the parts add up: ``total = video + audio + fusion``. Each tower's count includes its own
 embeddings (patch/text/timestep projections for video; transcript embedding, input projection and
 timestep embedding for audio) and its head; ``embeddings`` repeats the two towers' embedding counts
-as a convenience. ``fusion`` is every TA-CrossAttn weight (both directions and the shared
-timestep projections); none of it is counted in a tower.
+as a convenience. ``fusion`` is every cross-modal weight of the fusion kind in use (TA-CrossAttn:
+both directions and the shared timestep projections; CCL: the CCA modules with their context tokens;
+UniTalking: the joint-attention modules), listed per module list; none of it is counted in a tower.
+The audio tower's reference-audio branch (voice cloning), when built, is listed as
+``audio.reference_audio`` and not again under its embeddings or blocks.
 """
 
 from __future__ import annotations
@@ -26,15 +29,17 @@ def parameter_summary(model: JointAVDiT) -> dict[str, object]:
     """{"video", "audio", "fusion", "embeddings", "total": int, "parts": {"tower.part": int}}."""
     parts: dict[str, int] = {}
     for tower_name in ("video", "audio"):
-        tower = getattr(model, tower_name)
-        for child_name, child in tower.named_children():
-            if child_name in _BODY:
+        for name, p in getattr(model, tower_name).named_parameters():
+            child_name = name.split(".", 1)[0]
+            if "reference_" in name:
+                key = f"{tower_name}.reference_audio"
+            elif child_name in _BODY:
                 key = f"{tower_name}.{child_name}"
             elif child_name in _HEAD:
                 key = f"{tower_name}.head"
             else:
                 key = f"{tower_name}.embeddings"
-            parts[key] = parts.get(key, 0) + _count(child)
+            parts[key] = parts.get(key, 0) + p.numel()
     for child_name, child in model.fusion.named_children():
         if not _count(child):
             continue

@@ -5,12 +5,14 @@ aligned cross-attention.
   (video queries audio and audio queries video, both from the pre-exchange states); after the
   single-stream blocks it is audio -> video only.
 - Before the exchange after video block i, the audio tower has run up to block ``pairing[i]``
-  (:func:`tower_pairing`; by default the whole audio tower runs beside the dual-stream blocks).
+  (:func:`~alive_models.fusion.pairing.tower_pairing`; by default the whole audio tower runs beside
+  the dual-stream blocks).
 - Queries and keys carry a 1D temporal RoPE with UniTemp positions: audio latent j at j, video
   latent i at Phi(i) (its receptive-field centre on the audio timeline). Spatial tokens of one latent
   frame share its position. Reference tokens are not on the timeline and take no part.
 - The update goes through a timestep-aware AdaLN with a zero-initialised gate (OutputAdaLN).
-- ``mutual`` switches the exchange off per sample (the "indep" state of seed 000 §4.4). Every
+- Routes (:mod:`~alive_models.fusion.routes`) switch each direction off per sample: that direction's
+  update is skipped for the sample (``mutual`` False = the "indep" state of seed 000 §4.4). Every
   exchange module still runs for every batch: they are FSDP units, and a rank whose batch happened to
   be all "indep" would otherwise skip their all-gathers while the other ranks wait in them. The gate
   is a per-sample ``torch.where``, so no value is read on the host. The price is the exchange's
@@ -22,7 +24,6 @@ aligned cross-attention.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import torch
@@ -30,52 +31,26 @@ from torch import Tensor, nn
 
 from alive_models.audio_dit import AudioDiT, AudioState
 from alive_models.config import JointConfig
+from alive_models.fusion.pairing import (
+    dual_stream_pairing,
+    interleave,
+    relative_depth_pairing,
+    tower_pairing,
+)
+from alive_models.fusion.routes import ALL_ON, ExchangeRoutes, detached_where, gated_add
 from alive_models.geometry import unitemp_audio_positions, unitemp_video_positions
 from alive_models.layers.attention import Attention
 from alive_models.layers.norms import Modulation, OutputAdaLN
 from alive_models.layers.rope import Rope, RotaryEmbedding
 from alive_models.video_dit import VideoDiT, VideoState
 
-
-def relative_depth_pairing(num_video_blocks: int, num_audio_blocks: int) -> tuple[int, ...]:
-    """For each video block i, the audio block reached at the same relative depth: ceil((i+1)Na/Nv) - 1."""
-    return tuple(
-        math.ceil((i + 1) * num_audio_blocks / num_video_blocks) - 1 for i in range(num_video_blocks)
-    )
-
-
-def dual_stream_pairing(num_dual: int, num_single: int, num_audio_blocks: int) -> tuple[int, ...]:
-    """The audio tower runs beside the dual-stream blocks (relative depth over them) and is finished
-    before the single-stream blocks, which all read its final states."""
-    return relative_depth_pairing(num_dual, num_audio_blocks) + (num_audio_blocks - 1,) * num_single
-
-
-def tower_pairing(config: JointConfig) -> tuple[int, ...]:
-    """``FusionConfig.pairing`` resolved to one audio block index per video block, validated."""
-    v, a, rule = config.video, config.audio, config.fusion.pairing
-    if rule == "dual_stream":
-        pairing = dual_stream_pairing(v.num_dual_blocks, v.num_single_blocks, a.num_blocks)
-    elif rule == "relative_depth":
-        pairing = relative_depth_pairing(v.num_blocks, a.num_blocks)
-    else:
-        pairing = tuple(rule)
-    if len(pairing) != v.num_blocks or list(pairing) != sorted(pairing):
-        raise ValueError(
-            f"pairing must give a non-decreasing audio block for each of {v.num_blocks} video blocks"
-        )
-    if not all(0 <= j < a.num_blocks for j in pairing):
-        raise ValueError(f"pairing refers to audio blocks outside 0..{a.num_blocks - 1}")
-    return pairing
-
-
-def _detached_where(x: Tensor, flags: Tensor | None) -> Tensor:
-    """``x`` with the samples where ``flags`` [B] is True cut from autograd (values unchanged)."""
-    return x if flags is None else torch.where(flags[:, None, None], x.detach(), x)
-
-
-def _gated_add(x: Tensor, update: Tensor, on: Tensor | None) -> Tensor:
-    """x + update for samples with the exchange on ([B, 1, 1] bool), x itself for the others."""
-    return x + update if on is None else torch.where(on, x + update, x)
+__all__ = [
+    "TACrossAttention",
+    "TACrossAttnFusion",
+    "dual_stream_pairing",
+    "relative_depth_pairing",
+    "tower_pairing",
+]
 
 
 class TACrossAttention(nn.Module):
@@ -150,33 +125,28 @@ class TACrossAttnFusion(nn.Module):
         audio: AudioDiT,
         vs: VideoState,
         as_: AudioState,
-        mutual: Tensor | None = None,
+        routes: ExchangeRoutes = ALL_ON,
         video_clean: Tensor | None = None,
         audio_clean: Tensor | None = None,
     ) -> tuple[VideoState, AudioState]:
-        """``mutual``: [B] bool, False = no exchange for that sample; None = exchange for all.
+        """``routes``: per-sample switches of each direction (off = that update is skipped).
         ``video_clean`` / ``audio_clean``: [B] bool, True = that stream enters the other tower detached."""
         rope_v, rope_a = self._ropes(vs, as_, video.config.patch_size[0])
         tmod_v = torch.stack(self.video_time_mod(vs.temb), dim=1)
         tmod_a = torch.stack(self.audio_time_mod(as_.temb), dim=1)
-        on = None if mutual is None else mutual[:, None, None]
 
-        audio_done = 0
-        for i, audio_target in enumerate(self.pairing):
-            vs = video.run_block(i, vs)
-            while audio_done <= audio_target:
-                as_ = audio.run_block(audio_done, as_)
-                audio_done += 1
+        def exchange(i: int, vs: VideoState, as_: AudioState) -> tuple[VideoState, AudioState]:
             clip, ax = vs.clip, as_.x
             dual = i < self.num_dual
             if self.immutable_audio and not dual:
                 audio_context = ax.detach()
             else:
-                audio_context = _detached_where(ax, audio_clean)
+                audio_context = detached_where(ax, audio_clean)
             dv = self.video_from_audio[i](clip, audio_context, tmod_v, rope_v, rope_a, as_.key_mask)
             if dual:
-                video_context = _detached_where(clip, video_clean)
+                video_context = detached_where(clip, video_clean)
                 da = self.audio_from_video[i](ax, video_context, tmod_a, rope_a, rope_v)
-                as_ = replace(as_, x=_gated_add(ax, da, on))
-            vs = vs.with_clip(_gated_add(clip, dv, on))
-        return vs, audio.run_blocks(as_, start=audio_done)
+                as_ = replace(as_, x=gated_add(ax, da, routes.audio_reads_video))
+            return vs.with_clip(gated_add(clip, dv, routes.video_reads_audio)), as_
+
+        return interleave(video, audio, vs, as_, self.pairing, exchange)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alive_models.layers.kernels import flash_attn_installed
-from alive_models.layers.norms import RMSNorm
+from alive_models.layers.norms import RMSNorm, ZeroInitLinear
 from alive_models.layers.rope import Rope, apply_rotary, apply_rotary_qk
 
 Backend = Literal["auto", "flash", "sdpa", "reference"]
@@ -96,7 +96,8 @@ class Attention(nn.Module):
 
     Per-head RMSNorm on q and k keeps logits bounded in bf16 (as in SD3/Flux). Rotary embeddings are
     applied after the norms: one ``rope`` for self-attention, or ``rope_q``/``rope_k`` when the two
-    sides live on different position sets (TA-CrossAttn).
+    sides live on different position sets (TA-CrossAttn). ``zero_out``: the output projection starts
+    at zero (a module added to trained towers changes nothing until it learns).
     """
 
     def __init__(
@@ -106,6 +107,7 @@ class Attention(nn.Module):
         head_dim: int,
         context_dim: int | None = None,
         out_dim: int | None = None,
+        zero_out: bool = False,
     ) -> None:
         super().__init__()
         inner = heads * head_dim
@@ -115,7 +117,7 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim or query_dim, inner)
         self.norm_q = RMSNorm(head_dim)
         self.norm_k = RMSNorm(head_dim)
-        self.to_out = nn.Linear(inner, out_dim or query_dim)
+        self.to_out = (ZeroInitLinear if zero_out else nn.Linear)(inner, out_dim or query_dim)
 
     def split_heads(self, x: Tensor) -> Tensor:
         return x.unflatten(-1, (self.heads, self.head_dim))
@@ -144,3 +146,21 @@ class Attention(nn.Module):
         if rope_k is not None:
             k = apply_rotary(k, *rope_k)
         return self.to_out(attention(q, k, v, key_mask).flatten(-2))
+
+
+class KeyValue(nn.Module):
+    """Key and value projections alone (per-head RMSNorm on keys), for tokens that are only ever
+    attended: reference audio, the audio side of UniTalking's single-stream joint attention.
+    ``zero_value``: values start at zero, so the branch adds nothing until it learns."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, zero_value: bool = False) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.to_k = nn.Linear(dim, heads * head_dim)
+        self.to_v = (ZeroInitLinear if zero_value else nn.Linear)(dim, heads * head_dim)
+        self.norm_k = RMSNorm(head_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x: [B, L, dim] -> keys, values [B, L, heads, head_dim]."""
+        heads = (self.heads, self.head_dim)
+        return self.norm_k(self.to_k(x).unflatten(-1, heads)), self.to_v(x).unflatten(-1, heads)
