@@ -204,9 +204,11 @@ def test_source_folder_goes_through_the_writer_with_references_and_labels(tmp_pa
     for name, meta in metas.items():
         key = name.removesuffix(".json")
         subjects = len(meta["world"]["scene"]["subjects"])
-        assert [n for n in names if n.startswith(key + ".ref_")] == [
+        assert [n for n in names if n.startswith(key + ".ref_") and n.endswith(".jpg")] == [
             f"{key}.ref_{k}.jpg" for k in range(subjects)
         ]
+        speaks = bool(meta["world"]["scene"]["utterances"])
+        assert (f"{key}.ref_audio.flac" in names) == speaks  # another utterance of the first speaker
         assert "references" not in meta and meta["category"]["l1"]
         kinds = {e["kind"] for e in meta["world"]["scene"]["events"]}
         assert bool(meta["labels"]) == bool(kinds), meta["caption"]

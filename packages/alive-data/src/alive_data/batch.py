@@ -17,7 +17,7 @@ from torch import Tensor
 
 from alive_data.tasks import TaskSpec
 
-FLAGS = ("i2v", "video_loss", "audio_loss", "video_clean", "audio_clean", "mutual")
+FLAGS = ("i2v", "video_loss", "audio_loss", "video_clean", "audio_clean")
 
 
 @dataclass
@@ -36,6 +36,16 @@ class TrainingSample:
     audio: np.ndarray | None = None  # float32 [N]
     video_latent: np.ndarray | None = None  # float32 [C, T, h, w]
     audio_latent: np.ndarray | None = None  # float32 [C, L]
+    # Reference audio (TR2AV): float32 [N_ref] waveform (pixels) or [C, L_ref] latents; None = none.
+    reference_audio: np.ndarray | None = None
+
+    @property
+    def video_reads_audio(self) -> bool:
+        return self.mutual and self.spec.route.video_reads_audio
+
+    @property
+    def audio_reads_video(self) -> bool:
+        return self.mutual and self.spec.route.audio_reads_video
 
 
 @dataclass
@@ -46,12 +56,18 @@ class AVBatch:
     ``alive_models.text.conditioning.NULL_CAPTION``); ``transcripts`` the speech (``<W>`` text) of
     each caption as given, "" when dropped or silent. Per-sample bool [B] flags: ``i2v`` (first frame
     given), ``video_loss`` / ``audio_loss`` (which losses count), ``video_clean`` / ``audio_clean``
-    (that stream is given clean at t=0: V2A / A2V), ``mutual`` (cross-modal exchange on).
+    (that stream is given clean at t=0: V2A / A2V), ``mutual`` (cross-modal exchange on at all), and
+    the routes ``video_reads_audio`` / ``audio_reads_video`` (the task's routes, off where ``mutual``
+    is; pass them to ``JointInputs`` as they are). Constructed without routes, both follow ``mutual``.
     References: ``references`` uint8 [B, K_max, H, W, 3] at the clip's resolution (zero padded) with
     ``reference_mask`` bool [B, K_max]; K_max is 0 when no sample has any.
     Media, pixels: ``video`` uint8 [B, F, H, W, 3], ``audio`` float32 [B, N] mono; or cached latents:
     ``video_latent`` float32 [B, C, T, h, w], ``audio_latent`` float32 [B, C, L].
     ``audio_lengths`` int64 [B]: valid entries along the last audio axis (the rest is padding).
+    Reference audio (TR2AV, voice cloning): pixels ``reference_audio`` float32 [B, N_ref] mono
+    waveform at the clip's sample rate; latents ``reference_audio_latent`` float32 [B, C, L_ref];
+    zero padded, with ``reference_audio_lengths`` int64 [B] (0 = no reference for that sample;
+    N_ref / L_ref is 0 when no sample has one).
     ``text_embeddings``: reserved for cached caption encodings (a later writer option); None now.
     ``loader_state``: the loader's state right after this batch; checkpoint it and
     ``ResumableLoader.load_state_dict`` resumes exactly after this batch.
@@ -74,6 +90,11 @@ class AVBatch:
     audio: Tensor | None = None
     video_latent: Tensor | None = None
     audio_latent: Tensor | None = None
+    video_reads_audio: Tensor | None = None
+    audio_reads_video: Tensor | None = None
+    reference_audio: Tensor | None = None
+    reference_audio_latent: Tensor | None = None
+    reference_audio_lengths: Tensor | None = None
     text_embeddings: dict[str, Tensor] | None = None
     loader_state: dict[str, Any] | None = None
 
@@ -83,7 +104,22 @@ class AVBatch:
         given = sum(t is not None for t in (self.video, self.audio, self.video_latent, self.audio_latent))
         if given != 2 or pixels == latents:
             raise ValueError("a batch holds video + audio or video_latent + audio_latent, not a mix")
+        if (self.reference_audio if latents else self.reference_audio_latent) is not None:
+            raise ValueError(
+                "reference audio comes in the batch's form: waveform for pixels, latents for latents"
+            )
         b = len(self.keys)
+        # Defaults that keep older constructions valid: routes follow mutual, no reference audio.
+        if self.video_reads_audio is None:
+            self.video_reads_audio = self.mutual.clone()
+        if self.audio_reads_video is None:
+            self.audio_reads_video = self.mutual.clone()
+        if self.reference_audio_lengths is None:
+            self.reference_audio_lengths = torch.zeros(b, dtype=torch.int64, device=self.mutual.device)
+        if latents and self.reference_audio_latent is None:
+            self.reference_audio_latent = self.audio_latent.new_zeros(b, self.audio_latent.shape[1], 0)
+        if pixels and self.reference_audio is None:
+            self.reference_audio = self.audio.new_zeros(b, 0)
         sizes = {len(self.tasks), len(self.captions), len(self.transcripts)}
         sizes |= {t.shape[0] for t in self._tensors().values()}
         if sizes != {b}:
@@ -107,8 +143,13 @@ class AVBatch:
     def audio_mask(self) -> Tensor:
         """bool [B, N or L]: True on the valid part of ``audio`` / ``audio_latent``."""
         audio = self.audio_latent if self.latents else self.audio
-        positions = torch.arange(audio.shape[-1], device=audio.device)
-        return positions[None] < self.audio_lengths.to(audio.device)[:, None]
+        return _length_mask(audio, self.audio_lengths)
+
+    @property
+    def reference_audio_mask(self) -> Tensor:
+        """bool [B, N_ref or L_ref]: True on the valid part of the reference audio (all False: none)."""
+        ref = self.reference_audio_latent if self.latents else self.reference_audio
+        return _length_mask(ref, self.reference_audio_lengths)
 
     def _tensors(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -134,8 +175,25 @@ class AVBatch:
         return self._apply(lambda t: t.pin_memory())
 
 
+def _length_mask(values: Tensor, lengths: Tensor) -> Tensor:
+    positions = torch.arange(values.shape[-1], device=values.device)
+    return positions[None] < lengths.to(values.device)[:, None]
+
+
+def _pad_last(arrays: list[np.ndarray | None], empty: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Stack arrays that differ only in their last axis, zero padded; (stacked, lengths). None is
+    empty (``empty`` gives its shape without the last axis)."""
+    arrays = [np.zeros((*empty, 0), np.float32) if a is None else a for a in arrays]
+    lengths = torch.tensor([a.shape[-1] for a in arrays], dtype=torch.int64)
+    out = np.zeros((len(arrays), *empty, int(lengths.max())), np.float32)
+    for i, a in enumerate(arrays):
+        out[i, ..., : a.shape[-1]] = a
+    return torch.from_numpy(out), lengths
+
+
 def collate(samples: list[TrainingSample]) -> AVBatch:
-    """Stack the samples of one bucket; references are padded to the most any sample has."""
+    """Stack the samples of one bucket; references and reference audio are padded to the most any
+    sample has."""
     if not samples:
         raise ValueError("cannot collate an empty bucket")
 
@@ -151,10 +209,12 @@ def collate(samples: list[TrainingSample]) -> AVBatch:
         if len(s.references):
             references[i, : len(s.references)] = torch.from_numpy(s.references)
             mask[i, : len(s.references)] = True
-    flags = {
-        name: torch.tensor([s.mutual if name == "mutual" else getattr(s.spec, name) for s in samples])
-        for name in FLAGS
-    }
+    flags = {name: torch.tensor([getattr(s.spec, name) for s in samples]) for name in FLAGS}
+    for name in ("mutual", "video_reads_audio", "audio_reads_video"):
+        flags[name] = torch.tensor([getattr(s, name) for s in samples])
+    latents = samples[0].audio_latent is not None
+    empty = (samples[0].audio_latent.shape[0],) if latents else ()
+    reference_audio, reference_lengths = _pad_last([s.reference_audio for s in samples], empty)
     return AVBatch(
         keys=[s.key for s in samples],
         tasks=[s.task for s in samples],
@@ -167,5 +227,8 @@ def collate(samples: list[TrainingSample]) -> AVBatch:
         audio=stack("audio"),
         video_latent=stack("video_latent"),
         audio_latent=stack("audio_latent"),
+        reference_audio=None if latents else reference_audio,
+        reference_audio_latent=reference_audio if latents else None,
+        reference_audio_lengths=reference_lengths,
         **flags,
     )

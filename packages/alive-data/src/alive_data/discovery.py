@@ -3,7 +3,8 @@
 Folder: every file whose extension names a video container (any case, :data:`VIDEO_EXTENSIONS`) is
 taken; metadata comes from a sidecar ``NAME.json`` or the caption from ``NAME.txt`` (any case).
 Every other file is listed with the reason it was not taken, except the images a taken clip's
-sidecar lists in ``"references"`` (paths relative to the clip), which the writer stores with it.
+sidecar lists in ``"references"`` and the audio file it names in ``"reference_audio"`` (paths
+relative to the clip), which the writer stores with it.
 Whether a taken file really is media is decided when it is decoded (a ``not_media`` skip when PyAV
 cannot open it).
 
@@ -117,15 +118,17 @@ def scan_folder(folder: Path) -> Discovery:
                 found.ignore(video, "malformed_sidecar", problem)
             else:
                 named.append((key_for(stem.relative_to(folder).as_posix()), str(video), dict(meta)))
-    used = {
-        (Path(path).parent / ref).resolve()
-        for _, path, meta in named
-        if isinstance(meta.get("references"), list)
-        for ref in meta["references"]
-        if isinstance(ref, str)
-    }
+    used = {(Path(path).parent / ref).resolve() for _, path, meta in named for ref in _companions(meta)}
     found.ignored = [i for i in found.ignored if Path(i["path"]).resolve() not in used]
     return _unique(found, named)
+
+
+def _companions(meta: dict) -> list[str]:
+    """Files a sidecar names beside its clip: reference images and reference audio."""
+    refs = meta.get("references")
+    names = [r for r in refs if isinstance(r, str)] if isinstance(refs, list) else []
+    audio = meta.get("reference_audio")
+    return [*names, audio] if isinstance(audio, str) else names
 
 
 def read_manifest(manifest: Path) -> Discovery:

@@ -2,6 +2,14 @@
 
     metadata check -> stage filter -> balancing -> task assignment -> bucket
     -> decode (PyAV) or cached latents, checked against the pipeline's format -> cut to the bucket
+    -> reference images / reference audio for the tasks that take them
+
+Reference audio (TR2AV): the sample's ``ref_audio.flac`` member (another utterance of the same
+speaker; ``ref_audio_latent.npy`` when reading cached latents) if it has one, else a segment of the
+same clip after the target window (the bucket takes the clip's start), at a hashed offset. Its length
+is clipped to ``reference_audio_max_seconds``; a sample with less than ``reference_audio_min_seconds``
+of either has none (the schedule then gives it another task; a fixed mix skips it, counted as
+``no_reference_audio``).
 
 A pure function of (config, epoch, raw sample): random choices are hashes of (seed, epoch, key), so a
 sample prepares the same way wherever and whenever it is read. Only errors that mean bad data
@@ -19,15 +27,17 @@ from typing import Any
 import numpy as np
 
 from alive_data.batch import TrainingSample
-from alive_data.media import MediaError, decode_image, fit_frames
+from alive_data.media import MediaError, decode_image, fit_frames, read_audio_file
 from alive_data.pipeline import PipelineConfig
-from alive_data.samples import BadSample, Sample, load_media, read_metadata
+from alive_data.samples import BadSample, Sample, load_media, load_npy, read_metadata
 from alive_data.schema import lookup
 from alive_data.tasks import TASKS, uniform
 from alive_models.text.conditioning import NULL_CAPTION
 
 Bucket = tuple[str, int, int, int]  # ("pixels" | "latent", frames or latent frames, height, width)
 _REFERENCE = re.compile(r"ref_(\d+)\.jpg")
+REFERENCE_AUDIO = "ref_audio.flac"  # another utterance of the clip's speaker (voice cloning)
+REFERENCE_AUDIO_LATENT = "ref_audio_latent.npy"  # its cached latents
 
 
 @dataclass(frozen=True)
@@ -72,11 +82,16 @@ class SamplePreparer:
         if c.balance and uniform(c.seed, epoch, key, "balance") >= self._balance_weight(meta):
             return Skip("balance")
         refs = sorted((int(m[1]), name) for name in raw if (m := _REFERENCE.fullmatch(name)))
-        task, dropped, mutual = c.tasks.assign(c.seed, epoch, key, bool(refs))
+        bucket = self.bucket(meta)
+        has_reference_audio = (
+            self._reference_audio_seconds(raw, meta, bucket) >= c.tasks.reference_audio_min_seconds
+        )
+        task, dropped, mutual = c.tasks.assign(c.seed, epoch, key, bool(refs), has_reference_audio)
         spec = TASKS[task]
         if spec.references and not refs:  # a fixed task mix can draw r2va for any sample
             return Skip("no_references", f"task {task} needs reference images")
-        bucket = self.bucket(meta)
+        if spec.reference_audio and not has_reference_audio:
+            return Skip("no_reference_audio", f"task {task} needs reference audio")
         if bucket is None:
             return Skip("too_short")
         sample = load_media(raw, meta, caption, self.format, latents=c.latents is not None, codecs=c.latents)
@@ -85,6 +100,9 @@ class SamplePreparer:
         references = np.zeros((0, *size, 3), np.uint8)
         if spec.references:
             references = np.stack([fit_frames(decode_image(raw[name])[None], size)[0] for _, name in refs])
+        reference_audio = None
+        if spec.reference_audio:
+            reference_audio = self._reference_audio(raw, sample, media["audio_length"], epoch)
         return Prepared(
             bucket,
             TrainingSample(
@@ -95,9 +113,50 @@ class SamplePreparer:
                 caption=NULL_CAPTION if dropped else meta["caption"],
                 transcript="" if dropped else caption.speech_text,
                 references=references,
+                reference_audio=reference_audio,
                 **media,
             ),
         )
+
+    def _reference_audio_seconds(
+        self, raw: dict[str, Any], meta: Mapping[str, Any], bucket: Bucket | None
+    ) -> float:
+        """Seconds of reference audio a sample offers, from its members and metadata (no decoding)."""
+        member = REFERENCE_AUDIO_LATENT if self.c.latents else REFERENCE_AUDIO
+        if member in raw:
+            return meta.get("reference_audio_seconds", math.inf)
+        if bucket is None:
+            return 0.0
+        kind, length = bucket[:2]
+        frames = length if kind == "pixels" else self.format.video.timeline.num_frames(length)
+        return meta["duration"] - frames / self.format.fps
+
+    def _reference_audio(
+        self, raw: dict[str, Any], sample: Sample, target_length: int, epoch: int
+    ) -> np.ndarray:
+        """Reference audio in the batch's form: float32 [N] waveform or [C, L] latents."""
+        t = self.c.tasks
+        if self.c.latents:
+            rate, geometry = self.format.audio.latent_rate, self.format.audio
+            if REFERENCE_AUDIO_LATENT in raw:
+                audio = load_npy(raw[REFERENCE_AUDIO_LATENT], "ref_audio_latent", geometry.channels, 2)
+            else:
+                audio = sample.audio_latent[:, target_length:]
+        else:
+            rate = self.format.sample_rate
+            if REFERENCE_AUDIO in raw:
+                audio, found = read_audio_file(raw[REFERENCE_AUDIO])
+                if found != rate:
+                    raise BadSample("wrong_sample_rate", f"ref_audio at {found} Hz, expected {rate} Hz")
+            else:
+                audio = sample.audio[target_length:]
+        if audio.shape[-1] < round(t.reference_audio_min_seconds * rate):
+            raise BadSample("no_reference_audio", f"{audio.shape[-1] / rate:.2f} s of reference audio")
+        if not np.isfinite(audio).all():
+            raise BadSample("nan", "non-finite reference audio")
+        spare = audio.shape[-1] - round(t.reference_audio_max_seconds * rate)
+        start = int(uniform(self.c.seed, epoch, sample.key, "ref_audio") * (spare + 1)) if spare > 0 else 0
+        return np.ascontiguousarray(audio[..., start : start + audio.shape[-1] - max(spare, 0)], np.float32)
 
     def _balance_weight(self, meta: Mapping[str, Any]) -> float:
         weight = 1.0

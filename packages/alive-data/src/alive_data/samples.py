@@ -91,7 +91,8 @@ def check_format(meta: dict[str, Any], fmt: AVFormat, codecs: Mapping[str, str] 
             raise BadSample("latent_geometry", f"{name} cached as {got}, expected {expected}")
 
 
-def _load_npy(data: bytes, name: str, channels: int, ndim: int) -> np.ndarray:
+def load_npy(data: bytes, name: str, channels: int, ndim: int) -> np.ndarray:
+    """A cached latent member, checked (shape, dtype, finite) and as float32; bad data is a BadSample."""
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
@@ -132,8 +133,8 @@ def load_media(
         cache = latent_cache(meta)
         if cache is None or "video_latent.npy" not in raw or "audio_latent.npy" not in raw:
             raise BadSample("missing_latents")
-        video = _load_npy(raw["video_latent.npy"], "video_latent", cache.video.channels, 4)
-        audio = _load_npy(raw["audio_latent.npy"], "audio_latent", cache.audio.channels, 2)
+        video = load_npy(raw["video_latent.npy"], "video_latent", cache.video.channels, 4)
+        audio = load_npy(raw["audio_latent.npy"], "audio_latent", cache.audio.channels, 2)
         return Sample(key, meta, caption, video_latent=video, audio_latent=audio)
     if "mp4" not in raw:
         raise BadSample("missing_media")

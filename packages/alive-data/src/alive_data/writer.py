@@ -12,7 +12,11 @@ with the keyword table, and stored as:
   first frame's time;
 - with codecs, ``video_latent.npy`` / ``audio_latent.npy`` (float16) beside or instead of the media;
 - ``ref_K.jpg``: the reference images a source lists in ``"references"`` (paths relative to the
-  mp4), fitted to the clip's size.
+  mp4), fitted to the clip's size;
+- ``ref_audio.flac``: the reference audio a source names in ``"reference_audio"`` (a FLAC/WAV path
+  relative to the mp4: another utterance of the same speaker, for voice cloning), mono at the target
+  rate, its length in the json's ``reference_audio_seconds``; with codecs also
+  ``ref_audio_latent.npy``.
 
 Clips are processed by a pool of worker processes; shards are renamed into place only when complete,
 and a rerun skips every key already in a complete shard, so an interrupted job resumes without
@@ -58,6 +62,8 @@ from alive_data.media import (
     encode_flac,
     encode_jpeg,
     fit_frames,
+    read_audio_file,
+    resample,
 )
 from alive_data.samples import BadSample
 from alive_data.schema import validate_metadata
@@ -220,6 +226,9 @@ class _Worker:
         )
         if labels and "category" not in meta:
             meta["category"] = {"l1": labels[0].l1, "l2": labels[0].l2, "l3": labels[0].l3}
+        reference_audio = _reference_audio(item, meta.pop("reference_audio", None), o.sample_rate)
+        if reference_audio is not None:
+            meta["reference_audio_seconds"] = len(reference_audio) / o.sample_rate
         problems = validate_metadata(meta)
         if problems:
             raise BadSample("schema", "; ".join(problems))
@@ -227,17 +236,25 @@ class _Worker:
         sample: dict[str, Any] = {"__key__": item.key}
         for k, image in enumerate(_references(item, meta.pop("references", []), frames.shape[1:3])):
             sample[f"ref_{k}.jpg"] = encode_jpeg(image)
+        if reference_audio is not None:
+            sample["ref_audio.flac"] = encode_flac(reference_audio, o.sample_rate)
         if not o.latents_only:
             sample["mp4"] = encode_mp4(frames, o.fps, crf=o.crf)
             sample["flac"] = encode_flac(audio, o.sample_rate)
         if cls.codecs is not None:
             video_codec, audio_codec = cls.codecs
             pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float()
+
+            def encode_audio(wave: np.ndarray) -> bytes:
+                latent = audio_codec.encode(torch.from_numpy(wave)[None, None])[0]
+                return npy_bytes(latent.to(torch.float16).numpy())
+
             with torch.no_grad():
                 v = video_codec.encode(pixels / 127.5 - 1.0)[0]
-                a = audio_codec.encode(torch.from_numpy(audio)[None, None])[0]
+                sample["audio_latent.npy"] = encode_audio(audio)
+                if reference_audio is not None:
+                    sample["ref_audio_latent.npy"] = encode_audio(reference_audio)
             sample["video_latent.npy"] = npy_bytes(v.to(torch.float16).numpy())
-            sample["audio_latent.npy"] = npy_bytes(a.to(torch.float16).numpy())
             meta["latents"] = {
                 "video": asdict(video_codec.geometry),
                 "audio": asdict(audio_codec.geometry),
@@ -260,6 +277,23 @@ def _references(item: SourceItem, names: Any, size: tuple[int, int]) -> list[np.
             raise BadSample("missing_file", str(path))
         images.append(fit_frames(decode_image(path.read_bytes())[None], size)[0])
     return images
+
+
+def _reference_audio(item: SourceItem, name: Any, sample_rate: int) -> np.ndarray | None:
+    """The reference audio a source names (``"reference_audio"``: a FLAC/WAV path relative to the mp4),
+    mono float32 at ``sample_rate``: it becomes the ``ref_audio.flac`` member."""
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise BadSample("schema", "field 'reference_audio' must be an audio file path")
+    path = Path(item.path).parent / name
+    if not path.is_file():
+        raise BadSample("missing_file", str(path))
+    wave, rate = read_audio_file(path.read_bytes())
+    wave = resample(wave, rate, sample_rate)
+    if wave.size == 0 or not np.isfinite(wave).all():
+        raise MediaError("bad_reference_audio", f"{path}: empty or non-finite")
+    return wave
 
 
 class _StopRequest:

@@ -2,8 +2,10 @@
 
 ``generate_clip(index, seed)`` is a pure function of (config, seed, index): the same clip every time,
 on any machine. ``write_source_folder`` writes ``KEY.mp4`` (H.264 + AAC), ``KEY.json`` (caption and
-metadata, see ``clip_metadata``) and ``KEY.ref_K.jpg`` (one reference image per subject), each
-under a temporary name first, the mp4 renamed last so a reader never sees half a clip.
+metadata, see ``clip_metadata``), ``KEY.ref_K.jpg`` (one reference image per subject) and, for a
+clip with speech, ``KEY.ref_audio.flac`` (another utterance of its first speaker: reference audio for
+voice cloning), each under a temporary name first, the mp4 renamed last so a reader never sees half
+a clip.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from alive_data.media import decode_clip, decode_image, encode_jpeg
+from alive_data.media import decode_clip, decode_image, encode_flac, encode_jpeg
 from alive_data.world.config import DEFAULT_CONFIG, WorldConfig
 from alive_data.world.render import blur, render_frames, render_references
 from alive_data.world.scene import Scene, sample_scene, scene_caption
-from alive_data.world.sound import render_audio
+from alive_data.world.sound import render_audio, render_voice
 from alive_models.mp4 import encode_mp4
 
 BLUR_SIGMA = 1.5  # base pixels, for the ``blur`` degradation
@@ -32,7 +34,10 @@ BLUR_SIGMA = 1.5  # base pixels, for the ``blur`` degradation
 class WorldClip:
     """One clip and all its truth. Frames uint8 [F, H, W, 3] at ``config.fps``; audio mono float32 at
     ``config.sample_rate`` covering exactly the frames' time range; one reference image per subject
-    (in subject order) at the clip's size; ``hires_*`` the same at ``config.hires_scale`` times."""
+    (in subject order) at the clip's size; ``hires_*`` the same at ``config.hires_scale`` times;
+    ``reference_audio``: for a clip with speech, another utterance (other words) of its first
+    speaker's voice in the same room, float32 at ``config.sample_rate`` (None without speech;
+    ``metadata["world"]["reference_utterance"]`` says who and what)."""
 
     key: str
     scene: Scene
@@ -44,6 +49,7 @@ class WorldClip:
     references: list[np.ndarray] = field(repr=False)
     hires_frames: np.ndarray = field(repr=False)
     hires_references: list[np.ndarray] = field(repr=False)
+    reference_audio: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def fps(self) -> float:
@@ -134,12 +140,34 @@ def render_clip(
     )
 
 
+def reference_utterance(scene: Scene, rng: np.random.Generator, config: WorldConfig) -> dict[str, Any] | None:
+    """Who speaks first in the scene and 2..3 other words they say elsewhere (None without speech):
+    the truth of the clip's reference audio. Words the clip says are avoided, so the reference
+    carries the voice, not the content."""
+    if not scene.utterances:
+        return None
+    speaker = scene.subject(scene.utterances[0].subject)
+    said = {w for u in scene.utterances for w in u.words}
+    pool = [w for w in config.words if w not in said] or list(config.words)
+    words = tuple(
+        str(w) for w in rng.choice(pool, size=min(len(pool), int(rng.integers(2, 4))), replace=False)
+    )
+    return {"subject": speaker.id, "voice": speaker.voice, "words": list(words)}
+
+
 def generate_clip(index: int, seed: int = 0, config: WorldConfig = DEFAULT_CONFIG) -> WorldClip:
     """Clip ``index`` of the world with ``seed``: a pure function of its arguments."""
     rng = np.random.default_rng([seed, index])
     scene = sample_scene(rng, config)
     clip = render_clip(scene, config, key=f"world{seed}_{index:06d}", seed=int(rng.integers(2**31)))
     clip.metadata["world"].update(seed=seed, index=index)
+    # Its own generator: the clip itself is what it was before reference audio existed.
+    utterance = reference_utterance(scene, np.random.default_rng([seed, index, 1]), config)
+    if utterance is not None:
+        clip.metadata["world"]["reference_utterance"] = utterance
+        clip.reference_audio = render_voice(
+            utterance["voice"], tuple(utterance["words"]), scene.ambient, config
+        )
     return clip
 
 
@@ -156,7 +184,8 @@ def _replace_atomic(path: Path, data: bytes) -> None:
 
 
 def write_clip(clip: WorldClip, folder: Path, hires: bool = False) -> Path:
-    """Write one clip's ``KEY.mp4``, ``KEY.json`` and ``KEY.ref_K.jpg`` into ``folder``; the mp4 path."""
+    """Write one clip's ``KEY.mp4``, ``KEY.json``, ``KEY.ref_K.jpg`` and (with speech)
+    ``KEY.ref_audio.flac`` into ``folder``; the mp4 path."""
     frames = clip.hires_frames if hires else clip.frames
     refs = clip.hires_references if hires else clip.references
     meta = clip_metadata(clip.scene, clip.config, clip.caption, hires)
@@ -164,6 +193,9 @@ def write_clip(clip: WorldClip, folder: Path, hires: bool = False) -> Path:
     meta["references"] = [f"{clip.key}.ref_{i}.jpg" for i in range(len(refs))]
     for name, image in zip(meta["references"], refs, strict=True):
         _replace_atomic(folder / name, encode_jpeg(image))
+    if clip.reference_audio is not None:
+        meta["reference_audio"] = f"{clip.key}.ref_audio.flac"
+        _replace_atomic(folder / meta["reference_audio"], encode_flac(clip.reference_audio, clip.sample_rate))
     _replace_atomic(folder / f"{clip.key}.json", json.dumps(meta, indent=1).encode())
     mp4 = folder / f"{clip.key}.mp4"
     _replace_atomic(mp4, encode_mp4(frames, clip.fps, clip.audio, clip.sample_rate))

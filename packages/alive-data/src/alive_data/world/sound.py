@@ -14,7 +14,7 @@ from functools import cache
 import numpy as np
 
 from alive_data.world.config import AMBIENT_BAND_HZ, CHIME_PARTIALS_HZ, KNOCK_BAND_HZ, WorldConfig
-from alive_data.world.scene import Scene
+from alive_data.world.scene import Scene, Utterance
 
 DESYNC_LATENTS = 6  # the ``desync`` degradation plays every sound this much late (240 ms at 25 Hz)
 NOISE_RMS = 0.1  # the ``noise`` degradation's white noise
@@ -53,6 +53,22 @@ def sounds(config: WorldConfig) -> dict[str, np.ndarray]:
         "drone": tone(config, (100.0, amb), (200.0, amb), (225.0, amb * 0.5)),
         "rumble": band_noise(config, AMBIENT_BAND_HZ, amb, "rumble"),
     }
+
+
+def render_voice(
+    voice: str, words: tuple[str, ...], ambient: str, config: WorldConfig, margin_latents: int = 2
+) -> np.ndarray:
+    """Mono float32: ``words`` in ``voice`` from latent ``margin_latents`` on, in the room's ambience,
+    with ``margin_latents`` of ambience after: an utterance on its own (reference audio for voice
+    cloning). Letters and gaps follow the same rules as in a clip."""
+    hop = config.hop_length
+    utterance = Utterance("speaker", tuple(words), margin_latents)
+    latents = utterance.end(config) + margin_latents
+    audio = np.tile(sounds(config)[ambient], latents)
+    for letter, start in utterance.letters(config):
+        wave = tone(config, (config.letter_hz(voice, letter), config.voice_amplitude))
+        audio[start * hop : (start + config.letter_latents) * hop] += np.tile(wave, config.letter_latents)
+    return audio.astype(np.float32)
 
 
 def render_audio(scene: Scene, config: WorldConfig, rng: np.random.Generator | None = None) -> np.ndarray:
