@@ -382,3 +382,12 @@ def test_both_variants_build_at_alive_14b_on_meta():
     assert summary["parts"]["fusion.joint"] == 16 * dual + 40 * single
     assert summary["parts"]["audio.reference_audio"] == 32 * (2 * da * da + 2 * da + 64) + 32 * da + da
     assert 14.4e9 < summary["total"] < 15.0e9
+
+
+@pytest.mark.parametrize("preset", ["tiny-ccl", "tiny-unitalking"])
+def test_variants_save_and_load_with_their_config(tmp_path, preset):
+    model, inputs = model_and_inputs(preset)
+    model.save_pretrained(tmp_path / "m")
+    loaded = JointAVDiT.from_pretrained(tmp_path / "m")
+    assert loaded.config == model.config and loaded.config.fusion.kind == preset.split("-")[1]
+    torch.testing.assert_close(loaded(inputs).audio, model(inputs).audio, rtol=0, atol=0)

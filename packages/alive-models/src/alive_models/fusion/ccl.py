@@ -116,6 +116,8 @@ def nearest_frames(audio_length: int, video_frames: int, device: torch.device | 
 def tarp_layout(
     audio_length: int, video_frames: int, window_frames: int, device: torch.device | str | None = None
 ) -> TARPLayout:
+    """The index tensors of one clip (see :class:`TARPLayout`), built on ``device`` with integer
+    arithmetic: no host copy, nothing read back."""
     t_a, t_v = audio_length, video_frames
     frame = nearest_frames(t_a, t_v, device)
     f = torch.arange(t_v + 1, device=device)
