@@ -44,12 +44,14 @@ def test_counter_ignores_device_side_work():
 
 
 def test_forward_and_backward_have_no_host_syncs(tiny_config, tiny_model):
-    """Everything a training step feeds the model: masks, references, I2V, mutual mixed, clean flags."""
+    """Everything a training step feeds the model: masks, references (one sample masked off), I2V,
+    mutual mixed, clean flags."""
     randomize_zero_inits(tiny_model)
     inputs = random_inputs(tiny_config, batch=3, i2v=True, references=1)
     inputs.mutual = torch.tensor([True, False, True])
     inputs.audio_clean = torch.tensor([False, False, True])
     inputs.video_clean = torch.tensor([True, False, False])
+    inputs.reference_mask = torch.tensor([True, True, False])
     inputs.video_text_masks = [torch.rand(3, inputs.video_texts[0].shape[1]) > 0.3, None]
     inputs.audio_caption_mask = torch.rand(3, inputs.audio_caption.shape[1]) > 0.3
     inputs.transcript_mask = torch.rand(3, inputs.transcript_ids.shape[1]) > 0.3
