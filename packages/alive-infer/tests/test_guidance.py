@@ -1,6 +1,7 @@
 """Guidance formulas against direct transcriptions of the papers' equations; batched == separate."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ from alive_infer.guidance import (
     dual_reference_cfg,
     multimodal_cfg,
     pad_conditionings,
+    parse_guidance,
 )
 from alive_models import JointInputs, build_model, get_preset
 from alive_models.testing import randomize_zero_inits
@@ -168,6 +170,29 @@ def test_defaults_are_the_seed_weights_and_round_trip():
     assert set(mixed.states) == {NM, PM, NI, PI}
     with pytest.raises(ValueError, match="unknown guidance kind"):
         Guidance.from_dict({"video": {"kind": "magic"}, "audio": {"kind": "cfg"}})
+
+
+def test_guidance_from_a_command_line(tmp_path):
+    assert parse_guidance("alive") == Guidance()
+    assert parse_guidance("none") == Guidance.unguided()
+    assert parse_guidance("dual-reference").video == DualReferenceCFG()
+    base = Guidance(CFG(2.0), CFG(3.0))
+    partial = parse_guidance('{"audio": {"kind": "ucg", "scale": 4.0}}', base)
+    assert partial == Guidance(CFG(2.0), UCG(4.0))  # the tower left out keeps the default's rule
+    file = tmp_path / "g.json"
+    file.write_text(json.dumps(Guidance(MultiModalCFG(4.0, 1.0), AliveAPG(eta=0.1)).to_dict()))
+    assert parse_guidance(str(file)) == Guidance(MultiModalCFG(4.0, 1.0), AliveAPG(eta=0.1))
+    for text, message in [
+        ("magic", "not a preset"),
+        ("{oops", "not valid JSON"),
+        ("[1]", "not a preset"),
+        ('{"sound": {}}', "video.*audio"),
+        ('{"video": {"kind": "warp"}}', "unknown guidance kind"),
+        ('{"video": {"kind": "cfg", "colour": 1}}', "colour"),
+        ('{"video": 3}', "guidance JSON"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_guidance(text)
 
 
 # ---------------------------------------------------------------------------------------------------
