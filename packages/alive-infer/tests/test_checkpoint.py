@@ -2,12 +2,16 @@
 by name before anything large is loaded."""
 
 import dataclasses
+import importlib.util
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from alive_infer.checkpoint import (
     SPEC_NAME,
@@ -22,7 +26,7 @@ from alive_infer.checkpoint import (
 from alive_infer.guidance import CFG, Guidance, MultiModalCFG
 from alive_infer.pipeline import AlivePipeline
 from alive_infer.testing import save_tiny_pipeline, tiny_model
-from alive_models import JointAVDiT
+from alive_models import JointAVDiT, build_model
 from alive_models.testing import save_tiny_text_models
 from alive_models.text import TextConditioner
 
@@ -227,3 +231,29 @@ def test_write_pipeline_spec_checks_the_model_directory(export, tiny_text, tmp_p
     assert read_pipeline_spec(tmp_path / "model") == spec  # the refused spec was not written
     with torch.no_grad():
         assert AlivePipeline.from_pretrained(tmp_path / "model").model.config == model.config
+
+
+@pytest.mark.slow
+def test_sharded_models_export_what_unsharded_ones_do(tmp_path):
+    """Two FSDP2 ranks (training's plan) call save_pipeline; the export equals one process's."""
+    worker = Path(__file__).with_name("export_worker.py")
+    loader = importlib.util.spec_from_file_location("export_worker", worker)
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    spec, tiny_config = module.spec, module.tiny_config
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    proc = subprocess.run(
+        [*cmd, str(worker), "--out", str(tmp_path / "sharded")], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    save_pipeline(
+        tmp_path / "single",
+        build_model(tiny_config(), seed=0),
+        spec(),
+        refiner=build_model(tiny_config(), seed=1),
+    )
+    for sub in (".", "refiner"):
+        sharded, single = (load_file(tmp_path / d / sub / "model.safetensors") for d in ("sharded", "single"))
+        assert sharded.keys() == single.keys() and all(torch.equal(sharded[k], single[k]) for k in single)
+    assert read_pipeline_spec(tmp_path / "sharded") == spec()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sharded", "single"]  # no staging left
