@@ -279,31 +279,22 @@ class AlivePipeline:
         config = read_model_config(root)
         check_spec(root, spec, config)
         check_weight_files(root)
+        configs = {root / CONFIG_NAME: config}
         refiner_dir = _refiner_dir(root, spec, refiner)
         if refiner_dir is not None:
-            refiner_config = read_model_config(refiner_dir)
+            configs[refiner_dir / CONFIG_NAME] = read_model_config(refiner_dir)
             check_weight_files(refiner_dir)
         device, dtype = torch.device(device), parse_dtype(dtype)
-
-        codecs, codec_files = {}, {}
+        codecs, codec_names, codec_files = {}, {}, {}
         for what, given in (("video", video_codec), ("audio", audio_codec)):
-            if isinstance(given, (VideoCodec, AudioCodec)):
-                codecs[what], source = given, "the given codec"
-            else:
-                text = resolve_codec_spec(root, given or getattr(spec, f"{what}_codec"))
-                source = f"codec {text!r}" + ("" if given else f" ({root / SPEC_NAME})")
-                build = video_codec_from_spec if what == "video" else audio_codec_from_spec
-                try:
-                    codecs[what] = build(text, device=device)
-                except (OSError, ValueError) as e:
-                    raise CheckpointError(f"{what} {source}: {e}") from None
-                if ":" in text and text.partition(":")[0].strip() != "deterministic":
-                    codec_files[f"{what}_codec"] = Path(text.partition(":")[2].strip())
-            for name, cfg in (("model", config), ("refiner", refiner_dir and refiner_config)):
-                problems = cfg and codec_problems(cfg, **{f"{what}_codec": codecs[what]})
+            codec, name, directory = _load_codec(root, spec, what, given, device)
+            for where, cfg in configs.items():
+                problems = codec_problems(cfg, **{f"{what}_codec": codec})
                 if problems:
-                    where = root / CONFIG_NAME if name == "model" else refiner_dir / CONFIG_NAME
-                    raise CheckpointError(f"{what} {source} does not fit {where}: " + "; ".join(problems))
+                    raise CheckpointError(f"{what} codec {name} does not fit {where}: " + "; ".join(problems))
+            codecs[what], codec_names[what] = codec, name
+            if directory is not None:
+                codec_files[f"{what}_codec"] = directory
 
         text, text_files = _text_conditioner(root, spec, config, text_encoders, device, text_dtype)
         parallelize = None
@@ -329,10 +320,7 @@ class AlivePipeline:
             "checkpoint": str(root),
             "refiner": None if refiner_dir is None else str(refiner_dir),
             "spec": spec.to_dict(),
-            "codecs": {
-                "video": video_codec if isinstance(video_codec, str) else spec.video_codec,
-                "audio": audio_codec if isinstance(audio_codec, str) else spec.audio_codec,
-            },
+            "codecs": codec_names,
             "text_encoders": {k: str(v) for k, v in text_files.items()},
             "dtype": str(next(model.parameters()).dtype),
             "world_size": 1 if mesh is None else mesh.size(),
@@ -701,6 +689,27 @@ def _refiner_dir(root: Path, spec: PipelineSpec, refiner: str | os.PathLike | bo
     if not (directory / CONFIG_NAME).is_file():
         raise CheckpointError(f"refiner {directory} has no {CONFIG_NAME}: not a saved JointAVDiT")
     return directory
+
+
+def _load_codec(
+    root: Path,
+    spec: PipelineSpec,
+    what: str,
+    given: str | VideoCodec | AudioCodec | None,
+    device: torch.device,
+) -> tuple[VideoCodec | AudioCodec, str, Path | None]:
+    """(codec, how it is named in errors and sidecars, its weights directory if it has one)."""
+    if given is not None and not isinstance(given, str):
+        return given, f"{type(given).__name__} (given)", None
+    text = resolve_codec_spec(root, given or getattr(spec, f"{what}_codec"))
+    name = repr(text) if given else f"{text!r} ({root / SPEC_NAME})"
+    build = video_codec_from_spec if what == "video" else audio_codec_from_spec
+    try:
+        codec = build(text, device=device)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{what} codec {name}: {e}") from None
+    kind, _, rest = text.partition(":")
+    return codec, name, None if kind.strip() == "deterministic" else Path(rest.strip())
 
 
 def _text_conditioner(
