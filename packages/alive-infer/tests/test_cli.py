@@ -13,8 +13,10 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
+from PIL import Image
 
 from alive_infer.cli import EXIT_FILES, EXIT_OK, EXIT_REQUEST, EXIT_USAGE, main
+from alive_infer.output import sha256_file
 from alive_infer.pipeline import AlivePipeline
 from alive_infer.testing import save_tiny_pipeline
 
@@ -86,6 +88,21 @@ def test_t2a_t2v_guidance_and_refiner_from_the_command_line(export, tmp_path):
     assert record["settings"]["guidance"]["video"] == {"kind": "cfg", "scale": 3.0}
     assert record["settings"]["guidance"]["audio"]["kind"] == "alive_apg"  # the default for the rest
 
+    png = tmp_path / "first.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(png)
+    animated = tmp_path / "animated.mp4"
+    assert run(export, animated, "--frames", "9", "--steps", "1", "--quiet", "--image", str(png)) == EXIT_OK
+    with av.open(str(animated)) as container:  # task i2va and the image's size, from the image alone
+        assert (container.streams.video[0].height, container.streams.video[0].width) == (32, 48)
+    record = json.loads(animated.with_suffix(".json").read_text())
+    assert record["task"] == "i2va" and record["inputs"]["image"] == sha256_file(png)
+    cast = tmp_path / "cast.mp4"
+    refs = ("--ref", str(png), str(png), "--resolution", "32x48", "--guidance", "dual-reference")
+    assert run(export, cast, "--frames", "9", "--steps", "1", "--quiet", *refs) == EXIT_OK
+    record = json.loads(cast.with_suffix(".json").read_text())
+    assert record["task"] == "r2va" and set(record["inputs"]) == {"reference_1", "reference_2"}
+    assert record["settings"]["guidance"]["video"]["kind"] == "dual_reference"
+
     refined = tmp_path / "refined.mp4"
     assert run(export, refined, *BASE, "--guidance", "cfg", "--refine", "--refine-steps", "1") == EXIT_OK
     with av.open(str(refined)) as container:
@@ -112,6 +129,7 @@ def test_t2a_t2v_guidance_and_refiner_from_the_command_line(export, tmp_path):
         (("--resolution", "big"), EXIT_USAGE, "HEIGHTxWIDTH"),
         (("--steps", "0"), EXIT_USAGE, "must be positive"),
         (("--frames", "9", "--duration", "1"), EXIT_USAGE, "not allowed with"),
+        (("--distributed",), EXIT_USAGE, "needs a torchrun launch"),
     ],
 )
 def test_bad_commands_exit_with_their_code_and_write_nothing(export, tmp_path, capsys, args, code, message):

@@ -12,6 +12,7 @@ reported before any compute, and leaves no output file.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -172,6 +173,10 @@ def generate(args: argparse.Namespace, argv: Sequence[str]) -> int:
         x is not None for x in (args.refine_resolution, args.refine_start, args.refine_steps)
     ):
         raise UsageError("--refine-resolution/--refine-start/--refine-steps need --refine")
+    if args.distributed and "RANK" not in os.environ:
+        raise UsageError(
+            "--distributed needs a torchrun launch: torchrun --nproc-per-node N -m alive_infer.cli ..."
+        )
     distributed = args.distributed or launched_by_torchrun()
     with session(args.device, distributed) as run:
         pipe = AlivePipeline.from_pretrained(
