@@ -38,8 +38,9 @@ from alive_infer.sampling import SOLVERS
 from alive_models.codecs import AudioCodec, VideoCodec, audio_codec_from_spec, video_codec_from_spec
 from alive_models.config import JointConfig
 from alive_models.flow import DEFAULT_SHIFT
+from alive_models.joint import JointAVDiT
 from alive_models.mp4 import atomic_path
-from alive_models.pretrained import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME, read_config
+from alive_models.pretrained import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME, match_weights, read_config
 
 SPEC_NAME = "pipeline.json"
 SPEC_FORMAT = "alive-pipeline"
@@ -309,6 +310,18 @@ def check_weight_files(path: str | os.PathLike) -> list[Path]:
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{file} is not a complete safetensors file (truncated?): {e}") from None
     return files
+
+
+def check_weights(path: str | os.PathLike, config: JointConfig) -> None:
+    """The safetensors of ``path`` against ``config`` by name and shape, on a meta-device model (no
+    memory): a checkpoint that does not match its config.json is refused before the (much larger)
+    text encoders are loaded."""
+    check_weight_files(path)
+    with torch.device("meta"):
+        model = JointAVDiT(config)
+    report = match_weights(model, path).report
+    if not report.complete:
+        raise CheckpointError(f"{path}: weights do not match {Path(path) / CONFIG_NAME}:\n{report}")
 
 
 def resolve(root: Path, location: str) -> Path:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh
 
 import alive_infer
 import alive_models
@@ -40,7 +41,7 @@ from alive_infer.checkpoint import (
     PipelineSpec,
     TextEncoderSpec,
     check_spec,
-    check_weight_files,
+    check_weights,
     codec_problems,
     encoder_width,
     parse_dtype,
@@ -49,6 +50,7 @@ from alive_infer.checkpoint import (
     resolve,
     resolve_codec_spec,
 )
+from alive_infer.distributed import shard_for_inference
 from alive_infer.guidance import DualReferenceCFG, Guidance, GuidedVelocity, Tower
 from alive_infer.output import hash_tree, sha256_file, tensor_sha256, write_outputs
 from alive_infer.prompt import PreparedPrompt, PromptError, Rewriter, prepare_prompt
@@ -254,7 +256,7 @@ class AlivePipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str | None = None,
         text_dtype: torch.dtype | str | None = None,
-        mesh=None,
+        mesh: DeviceMesh | None = None,
         rewriter: Rewriter | None = None,
         sound_index: SoundEventIndex | None = None,
         sound_embed: EmbedFn | None = None,
@@ -278,12 +280,12 @@ class AlivePipeline:
         spec = read_pipeline_spec(root)
         config = read_model_config(root)
         check_spec(root, spec, config)
-        check_weight_files(root)
+        check_weights(root, config)
         configs = {root / CONFIG_NAME: config}
         refiner_dir = _refiner_dir(root, spec, refiner)
         if refiner_dir is not None:
             configs[refiner_dir / CONFIG_NAME] = read_model_config(refiner_dir)
-            check_weight_files(refiner_dir)
+            check_weights(refiner_dir, configs[refiner_dir / CONFIG_NAME])
         device, dtype = torch.device(device), parse_dtype(dtype)
         codecs, codec_names, codec_files = {}, {}, {}
         for what, given in (("video", video_codec), ("audio", audio_codec)):
@@ -297,11 +299,7 @@ class AlivePipeline:
                 codec_files[f"{what}_codec"] = directory
 
         text, text_files = _text_conditioner(root, spec, config, text_encoders, device, text_dtype)
-        parallelize = None
-        if mesh is not None:
-            from alive_infer.distributed import shard_for_inference
-
-            parallelize = shard_for_inference(mesh)
+        parallelize = None if mesh is None else shard_for_inference(mesh)
 
         def load(directory: Path) -> JointAVDiT:
             try:
