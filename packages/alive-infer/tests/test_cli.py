@@ -74,7 +74,7 @@ def test_generate_writes_a_clip_that_decodes_and_echoes_every_setting(export, tm
     assert json.loads(other.with_suffix(".json").read_text())["outputs"] != record["outputs"]
 
 
-def test_t2a_t2v_guidance_and_refiner_from_the_command_line(export, tmp_path):
+def test_t2a_t2v_and_guidance_from_the_command_line(export, tmp_path):
     sound = tmp_path / "sound.wav"
     assert run(export, sound, "--task", "t2a", "--duration", "0.5", "--steps", "2", "--quiet") == EXIT_OK
     wave, rate = sf.read(sound)
@@ -88,6 +88,8 @@ def test_t2a_t2v_guidance_and_refiner_from_the_command_line(export, tmp_path):
     assert record["settings"]["guidance"]["video"] == {"kind": "cfg", "scale": 3.0}
     assert record["settings"]["guidance"]["audio"]["kind"] == "alive_apg"  # the default for the rest
 
+
+def test_image_references_and_refiner_from_the_command_line(export, tmp_path):
     png = tmp_path / "first.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(png)
     animated = tmp_path / "animated.mp4"
