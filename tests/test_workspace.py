@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -71,38 +72,76 @@ def test_unknown_preset_is_a_clear_error():
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv to build the isolated environment")
-def test_alive_infer_installs_and_imports_without_the_training_stack(tmp_path):
+def isolated_python(tmp_path: Path, *requirements: str) -> tuple[Path, dict]:
+    """A fresh virtual environment (no system site-packages) with ``requirements`` installed by uv
+    (torch and the other third-party wheels come from uv's cache); returns its python and env."""
     venv = tmp_path / "venv"
     env = {**os.environ, "VIRTUAL_ENV": str(venv)}
     env.pop("UV_PROJECT_ENVIRONMENT", None)
     subprocess.run(["uv", "venv", "-q", "--python", sys.executable, str(venv)], check=True, env=env)
-    subprocess.run(
-        [
-            "uv",
-            "pip",
-            "install",
-            "-q",
-            "--python",
-            str(venv / "bin" / "python"),
-            str(ROOT / "packages/alive-models"),
-            str(ROOT / "packages/alive-infer"),
-        ],
-        check=True,
-        env=env,
-    )
+    python = venv / "bin" / "python"
+    # --no-sources: the workspace's `tool.uv.sources` would install alive-models as an editable link to
+    # this checkout, and the environment would not be isolated at all.
+    install = ["uv", "pip", "install", "-q", "--no-sources", "--python", str(python), *requirements]
+    subprocess.run(install, check=True, env=env)
+    return python, env
+
+
+def built_wheels(out: Path) -> list[str]:
+    """``uv build --wheel`` of alive-models and alive-infer, as a release would publish them."""
+    for package in ("alive-models", "alive-infer"):
+        subprocess.run(
+            ["uv", "build", "-q", "--wheel", "--out-dir", str(out), str(ROOT / "packages" / package)],
+            check=True,
+            cwd=ROOT,
+        )
+    wheels = sorted(str(w) for w in out.glob("*.whl"))
+    assert [Path(w).name.split("-")[0] for w in wheels] == ["alive_infer", "alive_models"], wheels
+    return wheels
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv to build the isolated environment")
+@pytest.mark.parametrize("source", ["directories", "wheels"])
+def test_alive_infer_installs_alone_and_generates_a_clip(tmp_path, source):
+    """pip install of alive-models + alive-infer alone (from the package directories, and from built
+    wheels), then the user's first command on a tiny exported checkpoint: the clip decodes with the
+    right frames, rate, duration and sound, and no training package is importable there."""
+    if source == "wheels":
+        requirements = built_wheels(tmp_path / "wheels")
+    else:
+        requirements = [str(ROOT / "packages/alive-models"), str(ROOT / "packages/alive-infer")]
+    python, env = isolated_python(tmp_path, *requirements)
     probe = (
         "import importlib.util, alive_infer, alive_models, torch\n"
-        "import alive_infer.pipeline, alive_infer.prompt, alive_models.mp4  # every module imports alone\n"
-        f"missing = [m for m in {BANNED!r} if importlib.util.find_spec(m) is None]\n"
-        f"assert missing == list({BANNED!r}), missing\n"
-        "from alive_models import build_model, get_preset\n"
-        "from alive_models.testing import random_inputs\n"
-        "cfg = get_preset('tiny'); out = build_model(cfg, seed=0)(random_inputs(cfg))\n"
-        "print('ok', tuple(out.video.shape))\n"
+        "import alive_infer.cli, alive_infer.pipeline, alive_infer.prompt, alive_models.mp4  # import alone\n"
+        f"present = [m for m in {BANNED!r} if importlib.util.find_spec(m) is not None]\n"
+        "assert present == [], present\n"
+        "assert not any(importlib.util.find_spec(m) for m in ('alive_data', 'alive_train'))\n"
+        "print('ok', alive_infer.__file__, alive_models.__file__)\n"
     )
-    proc = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, env=env
-    )
+    proc = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, env=env)
     assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr[-3000:]
+    assert proc.stdout.count(str(tmp_path / "venv")) == 2  # the installed copies, not the workspace's
+
+    from alive_infer.testing import save_tiny_pipeline  # made here, used there: only files cross over
+
+    export = save_tiny_pipeline(tmp_path / "ckpt")
+    out = tmp_path / "out" / "clip.mp4"
+    command = [str(python.with_name("alive-infer")), "generate", "--checkpoint", str(export)]
+    command += ["--prompt", 'A woman says "Good morning." We hear a door opening.', "--out", str(out)]
+    command += ["--frames", "13", "--resolution", "32x48", "--steps", "2", "--seed", "1"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["clip.json", "clip.mp4", "clip.wav"]
+
+    import av
+
+    with av.open(str(out)) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        assert (video.width, video.height, video.average_rate) == (48, 32, 24)
+        assert video.duration * video.time_base == Fraction(13, 24)
+        assert sum(1 for _ in container.decode(video)) == 13
+        assert audio.rate == 8000 and audio.duration == round(13 / 24 * 8000)  # sample 0 with frame 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["versions"]["alive_infer"] and record["settings"]["audio_samples"] == 13 * 8000 // 24

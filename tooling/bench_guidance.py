@@ -1,5 +1,7 @@
 """Guidance cost per sampling step on CPU: the four ALIVE states in one batched forward vs four
-sequential forwards, and seconds per step of each guidance mode, on the tiny and a medium config.
+sequential forwards (and eq. 9's states, the no-reference ones masked in the same batch), and
+seconds per step of each guidance mode, both towers and one (T2V, T2A), on the tiny and a medium
+config.
 
     uv run python tooling/bench_guidance.py [--repeats 5] [--threads 2]
 
@@ -60,8 +62,10 @@ MODES = {
     "ucg, CCL eq. 5 (2)": Guidance(UCG(5.0), UCG(5.0)),
     "multimodal, CCL eq. 2 (3)": Guidance(MultiModalCFG(), MultiModalCFG()),
     "alive_apg, eq. 4-7 (4)": Guidance(),
-    "dual_reference, eq. 9 (3, 2 fwd)": Guidance(DualReferenceCFG(), CFG(5.0)),
+    "dual_reference, eq. 9 (4, refs masked)": Guidance(DualReferenceCFG(), CFG(5.0)),
 }
+# One tower (T2V, T2A): the model runs it alone and "indep" collapses onto "mutual" (2 states).
+ONE_TOWER = {"t2v alive_apg (2)": "video", "t2a alive_apg (2)": "audio"}
 
 
 def conditioning(config: JointConfig, lengths: tuple[int, int, int, int], seed: int) -> CaptionConditioning:
@@ -121,13 +125,28 @@ def main() -> None:
             f"   sequential / batched = {sequential / batched:.2f}x"
         )
 
+        dual = Guidance(DualReferenceCFG(), CFG(5.0))
+        masked = time_step(GuidedVelocity(model, pos, neg, dual, references=refs), x, args.repeats)
+        apart = time_step(
+            GuidedVelocity(model, pos, neg, dual, references=refs, batched=False), x, args.repeats
+        )
+        print(
+            f"  eq. 9 states:  batched {masked * 1e3:8.1f} ms/step  sequential {apart * 1e3:8.1f} ms/step"
+            f"   sequential / batched = {apart / masked:.2f}x (no-reference states masked in the batch)"
+        )
+
         base = None
         for mode, guidance in MODES.items():
             refs_ = refs if isinstance(guidance.video, DualReferenceCFG) else None
             v = GuidedVelocity(model, pos, neg, guidance, references=refs_)
             seconds = time_step(v, x, args.repeats)
             base = base or seconds
-            print(f"  {mode:34s} {seconds:8.4f} s/step   {seconds / base:5.2f}x unguided")
+            print(f"  {mode:38s} {seconds:8.4f} s/step   {seconds / base:5.2f}x unguided")
+        for mode, tower in ONE_TOWER.items():
+            v = GuidedVelocity(model, pos, neg, Guidance(), towers=(tower,))
+            one = (xv if tower == "video" else None, xa if tower == "audio" else None, *x[2:])
+            seconds = time_step(v, one, args.repeats)
+            print(f"  {mode:38s} {seconds:8.4f} s/step   {seconds / base:5.2f}x unguided (both towers)")
 
 
 if __name__ == "__main__":

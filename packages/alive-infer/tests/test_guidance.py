@@ -1,6 +1,7 @@
 """Guidance formulas against direct transcriptions of the papers' equations; batched == separate."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ from alive_infer.guidance import (
     dual_reference_cfg,
     multimodal_cfg,
     pad_conditionings,
+    parse_guidance,
 )
 from alive_models import JointInputs, build_model, get_preset
 from alive_models.testing import randomize_zero_inits
@@ -170,6 +172,29 @@ def test_defaults_are_the_seed_weights_and_round_trip():
         Guidance.from_dict({"video": {"kind": "magic"}, "audio": {"kind": "cfg"}})
 
 
+def test_guidance_from_a_command_line(tmp_path):
+    assert parse_guidance("alive") == Guidance()
+    assert parse_guidance("none") == Guidance.unguided()
+    assert parse_guidance("dual-reference").video == DualReferenceCFG()
+    base = Guidance(CFG(2.0), CFG(3.0))
+    partial = parse_guidance('{"audio": {"kind": "ucg", "scale": 4.0}}', base)
+    assert partial == Guidance(CFG(2.0), UCG(4.0))  # the tower left out keeps the default's rule
+    file = tmp_path / "g.json"
+    file.write_text(json.dumps(Guidance(MultiModalCFG(4.0, 1.0), AliveAPG(eta=0.1)).to_dict()))
+    assert parse_guidance(str(file)) == Guidance(MultiModalCFG(4.0, 1.0), AliveAPG(eta=0.1))
+    for text, message in [
+        ("magic", "not a preset"),
+        ("{oops", "not valid JSON"),
+        ("[1]", "not a preset"),
+        ('{"sound": {}}', "video.*audio"),
+        ('{"video": {"kind": "warp"}}', "unknown guidance kind"),
+        ('{"video": {"kind": "cfg", "colour": 1}}', "colour"),
+        ('{"video": 3}', "guidance JSON"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_guidance(text)
+
+
 # ---------------------------------------------------------------------------------------------------
 # The batched forward
 
@@ -266,7 +291,8 @@ def test_four_states_in_one_forward_equal_four_separate_forwards(tiny):
 
 
 @torch.no_grad()
-def test_reference_states_run_in_two_forwards_and_match(tiny):
+def test_reference_states_share_one_forward_and_match_separate_ones(tiny):
+    """Eq. 9: the no-reference states ride in the batch with their reference keys masked."""
     config = tiny.config
     pos = conditioning(config, 2, (6, 5, 4, 2), seed=3)
     neg = conditioning(config, 2, (2, 2, 2, 1), seed=4)
@@ -274,13 +300,67 @@ def test_reference_states_run_in_two_forwards_and_match(tiny):
     refs = torch.randn(2, 2, config.video.latent_channels, 4, 6)
     guidance = Guidance(DualReferenceCFG(4.0, 2.0), CFG(3.0))
     gv = GuidedVelocity(tiny, pos, neg, guidance, references=refs)
-    preds = gv.predictions(xv, xa, tv, ta)
-    assert gv.forwards == 2 and len(preds) == 4  # the audio CFG adds (neg, mutual, ref)
+    sequential = GuidedVelocity(tiny, pos, neg, guidance, references=refs, batched=False)
+    preds, separate = gv.predictions(xv, xa, tv, ta), sequential.predictions(xv, xa, tv, ta)
+    assert (gv.forwards, sequential.forwards) == (1, 4) and len(preds) == 4  # audio CFG adds (neg, ref)
     with_ref = direct(tiny, pos, xv, xa, tv, ta, True, references=refs)
     without = direct(tiny, pos, xv, xa, tv, ta, True)
-    assert torch.allclose(preds[State("pos", True, True)][0], with_ref[0], atol=2e-5)
-    assert torch.allclose(preds[State("pos", True, False)][0], without[0], atol=2e-5)
+    neg_without = direct(tiny, neg, xv, xa, tv, ta, True)
+    for p in (preds, separate):
+        assert torch.allclose(p[State("pos", True, True)][0], with_ref[0], atol=2e-5)
+        assert torch.allclose(p[State("pos", True, False)][0], without[0], atol=2e-5)
+        assert torch.allclose(p[State("neg", True, False)][0], neg_without[0], atol=2e-5)
     assert not torch.allclose(with_ref[0], without[0], atol=1e-3)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("tower", ["video", "audio"])
+def test_one_tower_runs_alone_and_its_states_collapse(tiny, tower):
+    """T2V / T2A: only pos and neg reach the model (mutual has nothing to switch off), the other
+    tower is never given, and each rule keeps its meaning (module docstring)."""
+    config = tiny.config
+    pos = conditioning(config, 2, (6, 9, 8, 4), seed=11)
+    neg = conditioning(config, 2, (3, 2, 5, 1), seed=12)
+    xv, xa, tv, ta = latents(config, seed=13)
+    x = {"video": xv, "audio": xa}
+    keep = {k: (v if k == tower else None) for k, v in x.items()}
+    index = 0 if tower == "video" else 1
+
+    def alone(cond):
+        inputs = JointInputs(
+            **keep,
+            t_video=tv,
+            t_audio=ta,
+            video_texts=cond.video_texts,
+            video_text_masks=cond.video_text_masks,
+            audio_caption=cond.audio_caption,
+            audio_caption_mask=cond.audio_caption_mask,
+            transcript_ids=cond.transcript_ids,
+            transcript_mask=cond.transcript_mask,
+        )
+        out = tiny(inputs)
+        assert (out.video is None) == (tower == "audio") and (out.audio is None) == (tower == "video")
+        return (out.video, out.audio)[index]
+
+    p, n = alone(pos), alone(neg)
+    xt, t = x[tower].float(), (tv, ta)[index]
+    rules = {
+        "alive": (AliveAPG(3.0, 3.0, 3.0, eta=0.5), AliveAPG(6.0, 0.0, 0.0, eta=0.5)),
+        "cfg": (CFG(4.0), CFG(4.0)),
+        "ucg": (UCG(4.0), CFG(4.0)),
+        "multimodal": (MultiModalCFG(4.0, 2.0), CFG(4.0)),
+    }
+    for name, (rule, equivalent) in rules.items():
+        g = Guidance(**{tower: rule, ("audio" if tower == "video" else "video"): TowerGuidance()})
+        gv = GuidedVelocity(tiny, pos, neg, g, towers=(tower,))
+        assert gv.states == (NM, PM), name
+        out = gv(keep["video"], keep["audio"], tv, ta)
+        assert out[1 - index] is None and gv.forwards == 1
+        expected = equivalent.combine({PM: p, NM: n, PI: p, NI: n}, xt, t, {})
+        assert torch.allclose(out[index], expected, atol=1e-4, rtol=1e-4), name
+    assert not torch.allclose(p, n, atol=1e-3)
+    with pytest.raises(ValueError, match="was called with"):
+        gv(xv, xa, tv, ta)
 
 
 @torch.no_grad()

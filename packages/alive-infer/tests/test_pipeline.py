@@ -1,7 +1,6 @@
 """The pipeline end to end on a tiny model with exactly invertible codecs and tiny real text encoders:
 T2VA / I2VA / R2VA, seeds, outputs on disk, every bad input before any compute, the refiner cascade."""
 
-import dataclasses
 import json
 from fractions import Fraction
 
@@ -11,54 +10,26 @@ import pytest
 import soundfile as sf
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from alive_infer.guidance import CFG, DualReferenceCFG, Guidance
 from alive_infer.output import sha256_file, write_outputs
 from alive_infer.pipeline import AlivePipeline, GenerationRequest, RefineSettings, RequestError
-from alive_models import build_model, get_preset
-from alive_models.codecs import DeterministicAudioCodec, DeterministicVideoCodec, timeline_for
-from alive_models.testing import randomize_zero_inits
-from alive_models.text import TextConditioner
+from alive_infer.testing import save_tiny_pipeline
+from alive_models.codecs import DeterministicAudioCodec, DeterministicVideoCodec
 
 PROMPT = 'A man in a blue shirt stands in a kitchen. He says "Hello there." We hear rain on the window.'
 SIZE = (32, 32)
 
 
-def make_model(text, vcodec, acodec, seed):
-    tiny = get_preset("tiny")
-    c = vcodec.geometry.channels
-    config = dataclasses.replace(
-        tiny,
-        video=dataclasses.replace(tiny.video, latent_channels=c, in_channels=2 * c + 4, out_channels=c),
-        audio=dataclasses.replace(
-            tiny.audio,
-            in_channels=acodec.geometry.channels,
-            out_channels=acodec.geometry.channels,
-            transcript_vocab_size=text.transcript.vocab_size,
-        ),
-        timeline=timeline_for(vcodec.geometry, acodec.geometry, fps=24),
-    )
-    model = build_model(config, seed=seed)
-    randomize_zero_inits(model, seed=seed + 1)
-    return model
+@pytest.fixture(scope="module")
+def export(tiny_text, tmp_path_factory):
+    """A tiny exported pipeline (with a refiner sub-directory) as alive-train export writes it."""
+    return save_tiny_pipeline(tmp_path_factory.mktemp("ckpt"), text_dirs=tiny_text, refiner=True)
 
 
 @pytest.fixture(scope="module")
-def parts(tiny_text):
-    vcodec = DeterministicVideoCodec(spatial_stride=4, temporal_stride=4)  # 192 channels, causal
-    acodec = DeterministicAudioCodec(sample_rate=8000, hop_length=320)  # 25 latents/s
-    text = TextConditioner.from_pretrained(*tiny_text, dtype=torch.float32)
-    return make_model(text, vcodec, acodec, 0), vcodec, acodec, text
-
-
-@pytest.fixture(scope="module")
-def pipe(parts, tmp_path_factory):
-    model, vcodec, acodec, text = parts
-    ckpt = tmp_path_factory.mktemp("ckpt")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, ckpt / "model.safetensors")
-    refiner = make_model(text, vcodec, acodec, 5)
-    return AlivePipeline(model, vcodec, acodec, text, refiner=refiner, provenance={"model": ckpt})
+def pipe(export):
+    return AlivePipeline.from_pretrained(export)
 
 
 def request(**kwargs):
@@ -114,7 +85,18 @@ def test_t2va_writes_a_reproducible_clip(pipe, tmp_path):
         "momentum": None,
     }
     ckpt = pipe.provenance["model"]
-    assert record["model_files"]["model"] == {"model.safetensors": sha256_file(ckpt / "model.safetensors")}
+    files = record["model_files"]["model"]
+    assert set(files) == {
+        "config.json",
+        "model.safetensors",
+        "pipeline.json",
+        "refiner/config.json",
+        "refiner/model.safetensors",
+    }
+    assert files["model.safetensors"] == sha256_file(ckpt / "model.safetensors")
+    assert record["pipeline"]["checkpoint"] == str(ckpt) and record["pipeline"]["world_size"] == 1
+    assert record["pipeline"]["spec"]["video_codec"] == "deterministic:spatial_stride=4,temporal_stride=4"
+    assert len(record["outputs"]["video_latent_sha256"]) == 64
 
     again = pipe.generate(request())
     assert torch.equal(again.video_latent, result.video_latent) and torch.equal(
@@ -157,9 +139,56 @@ def test_i2va_from_a_png_and_r2va_with_two_references(pipe, tmp_path):
         r2va = pipe.generate(request(task="r2va", references=refs, guidance=dual))
     finally:
         hook.close()
-    assert hook.calls == 2 * 2  # two steps; states with and without references in two forwards
+    assert hook.calls == 2  # two steps; states with and without references share each forward
     assert not torch.equal(r2va.video_latent, t2va.video_latent)
     assert set(r2va.record["inputs"]) == {"reference_1", "reference_2"}
+
+
+def test_t2v_makes_a_silent_clip_through_the_video_tower_alone(pipe, tmp_path):
+    hook = Forwards(pipe.model)
+    try:
+        result = pipe.generate(request(task="t2v", steps=3))
+    finally:
+        hook.close()
+    assert hook.calls == 3 and all(tv.shape == (2,) for tv, _ in hook.t)  # pos + neg; "indep" collapsed
+    assert result.audio is None and result.audio_latent is None and result.frames.shape == (9, *SIZE, 3)
+    paths = result.save(tmp_path / "silent.mp4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["silent.json", "silent.mp4"]
+    with av.open(str(paths["mp4"])) as container:
+        assert not container.streams.audio and sum(1 for _ in container.decode(video=0)) == 9
+    record = json.loads(paths["json"].read_text())
+    assert record["towers"] == ["video"] and record["outputs"]["audio_latent_sha256"] is None
+    again = pipe.generate(request(task="t2v", steps=3))
+    assert torch.equal(again.video_latent, result.video_latent)
+    with pytest.raises(ValueError, match=r"\.mp4"):
+        result.save(tmp_path / "silent.wav")
+
+
+def test_t2a_makes_any_length_of_sound_through_the_audio_tower_alone(pipe, tmp_path):
+    hook = Forwards(pipe.model)
+    try:
+        result = pipe.generate(request(task="t2a", num_frames=None, resolution=None, duration=0.3))
+    finally:
+        hook.close()
+    assert hook.calls == 2 and all(ta.shape == (2,) for _, ta in hook.t)
+    assert result.frames is None and result.video_latent is None
+    assert result.audio.shape == (2400,) and result.audio_latent.shape == (1, 320, 8)  # 0.3 s at 8 kHz
+    paths = result.save(tmp_path / "sound.wav")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sound.json", "sound.wav"]
+    wave, rate = sf.read(paths["wav"])
+    assert rate == 8000 and len(wave) == 2400
+    record = json.loads(paths["json"].read_text())
+    assert record["towers"] == ["audio"] and record["settings"]["duration"] == 0.3
+    assert record["settings"]["num_frames"] is None
+    with pytest.raises(ValueError, match=r"\.wav"):
+        result.save(tmp_path / "sound.mp4")
+
+
+def test_request_takes_the_exports_defaults(pipe):
+    r = pipe.request(PROMPT, seed=3, steps=None, refine=True)
+    assert r.steps == 4 and r.seed == 3  # sampling defaults of pipeline.json; None = not given
+    assert r.refine == RefineSettings((64, 64), 0.5, 2) and r.guidance == pipe.spec.guidance
+    assert pipe.request(PROMPT, steps=7, solver="heun").steps == 7
 
 
 @pytest.mark.parametrize(
@@ -189,6 +218,12 @@ def test_i2va_from_a_png_and_r2va_with_two_references(pipe, tmp_path):
         ({"seed": -3}, "seed"),
         ({"task": "t2x"}, "unknown task"),
         ({"refine": RefineSettings(resolution=(64, 64), t_start=0.0)}, "t_start"),
+        ({"task": "t2a"}, "t2a makes no video: give a duration"),
+        ({"task": "t2a", "num_frames": None, "resolution": None, "duration": 0.0}, "positive"),
+        ({"task": "t2a", "num_frames": None, "resolution": None, "refine": RefineSettings()}, "no video"),
+        ({"task": "t2v", "references": [np.zeros((*SIZE, 3), np.uint8)]}, "use task r2va"),
+        ({"task": "t2v", "guidance": Guidance(DualReferenceCFG(), CFG())}, "needs task r2va"),
+        ({"task": "r2va", "guidance": Guidance(CFG(), DualReferenceCFG())}, "not the audio one"),
     ],
 )
 def test_bad_requests_fail_before_any_compute_and_write_nothing(pipe, tmp_path, kwargs, message):
@@ -201,21 +236,19 @@ def test_bad_requests_fail_before_any_compute_and_write_nothing(pipe, tmp_path, 
     assert hook.calls == 0 and list(tmp_path.iterdir()) == []
 
 
-def test_refine_needs_a_refiner(parts):
-    model, vcodec, acodec, text = parts
-    bare = AlivePipeline(model, vcodec, acodec, text)
+def test_refine_needs_a_refiner(export):
+    bare = AlivePipeline.from_pretrained(export, refiner=False)
+    assert bare.refiner is None
     with pytest.raises(RequestError, match="refiner model"):
         bare.plan(request(refine=RefineSettings(resolution=(64, 64))))
 
 
-def test_mismatched_parts_are_refused(parts):
-    model, vcodec, acodec, text = parts
+def test_mismatched_parts_are_refused(pipe):
+    model, vcodec, acodec, text = pipe.model, pipe.video_codec, pipe.audio_codec, pipe.text
     with pytest.raises(ValueError, match="video latents have 192 channels, codec 48"):
         AlivePipeline(model, DeterministicVideoCodec(spatial_stride=2, temporal_stride=4), acodec, text)
     with pytest.raises(ValueError, match="audio latents/s"):
         AlivePipeline(model, vcodec, DeterministicAudioCodec(sample_rate=16000, hop_length=320), text)
-    with pytest.raises(NotImplementedError, match="from_pretrained"):
-        AlivePipeline.from_pretrained("/some/dir")
 
 
 def test_refiner_cascade_keeps_the_audio_and_runs_from_t0(pipe):

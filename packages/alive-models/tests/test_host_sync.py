@@ -47,7 +47,8 @@ def test_counter_ignores_device_side_work():
 @pytest.mark.parametrize("preset", ["tiny", "tiny-ccl", "tiny-unitalking"])
 def test_forward_and_backward_have_no_host_syncs(preset):
     """Everything a training step feeds the model: masks, references, I2V, mutual mixed, per-direction
-    routes, clean flags, reference audio for some samples (every fusion kind)."""
+    routes, clean flags, reference audio for some samples, references masked off for one sample
+    (every fusion kind)."""
     tiny_config = get_preset(preset)
     tiny_model = build_model(tiny_config, seed=0)
     randomize_zero_inits(tiny_model)
@@ -59,6 +60,7 @@ def test_forward_and_backward_have_no_host_syncs(preset):
         inputs.reference_audio_mask = torch.tensor([[True] * 5, [False] * 5, [True] * 3 + [False] * 2])
     inputs.audio_clean = torch.tensor([False, False, True])
     inputs.video_clean = torch.tensor([True, False, False])
+    inputs.reference_mask = torch.tensor([True, True, False])
     inputs.video_text_masks = [torch.rand(3, inputs.video_texts[0].shape[1]) > 0.3, None]
     inputs.audio_caption_mask = torch.rand(3, inputs.audio_caption.shape[1]) > 0.3
     inputs.transcript_mask = torch.rand(3, inputs.transcript_ids.shape[1]) > 0.3

@@ -85,6 +85,25 @@ def test_i2v_condition_and_references_change_the_prediction(tiny_config, tiny_mo
     assert cond[:, 4:, 0].eq(1).all() and cond[:, 4:, 1:].eq(0).all()
 
 
+def test_reference_mask_makes_a_sample_equal_the_forward_without_references(tiny_config, tiny_model):
+    """Eq. 9's no-reference states share the batch: masked samples match a reference-free forward."""
+    randomize_zero_inits(tiny_model)
+    g = torch.Generator().manual_seed(4)
+    inputs = random_inputs(tiny_config, batch=3, references=2, i2v=True, generator=g)
+    inputs.mutual = torch.tensor([True, False, True])
+    inputs.reference_mask = torch.tensor([False, True, False])
+    out = tiny_model(inputs)
+    with_refs = tiny_model(dataclasses.replace(inputs, reference_mask=None))
+    without = tiny_model(dataclasses.replace(inputs, references=None, reference_mask=None))
+    for i, kept in enumerate(inputs.reference_mask.tolist()):
+        expected = with_refs if kept else without
+        torch.testing.assert_close(out.video[i], expected.video[i], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.audio[i], expected.audio[i], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(with_refs.video[0], without.video[0])  # the references do matter
+    with pytest.raises(ValueError, match="reference_mask must be a"):
+        tiny_model(dataclasses.replace(inputs, reference_mask=torch.ones(2, dtype=torch.bool)))
+
+
 def test_reference_tokens_sit_at_negative_temporal_offsets(tiny_config, tiny_model):
     inputs = random_inputs(tiny_config, batch=1, references=2)
     state = tiny_model.video.embed(

@@ -95,3 +95,30 @@ def test_malformed_caption_and_missing_dir_are_clear_errors(conditioner, tmp_pat
         conditioner.encode(["Subjects: Subject1: a. Visual: b. Narration: <W>hi"])
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         CaptionEncoder.from_pretrained(tmp_path / "missing", "encoder")
+
+
+def test_plain_text_is_encoded_as_it_is_without_a_transcript(conditioner):
+    negative = 'blurry, says "hello" <W>'  # not a caption: never parsed, quotes and tags are just text
+    plain = conditioner.encode_plain([negative, "   "])
+    direct = conditioner.qwen.encode([negative])
+    torch.testing.assert_close(plain.audio_caption[0, : direct.hidden.shape[1]], direct.hidden[0])
+    assert plain.transcript_mask.sum() == 0  # no speech, whatever the text says
+    null = conditioner.null(1)
+    torch.testing.assert_close(  # a blank text is the null caption
+        plain.audio_caption[1, : null.audio_caption.shape[1]], null.audio_caption[0]
+    )
+
+
+def test_tag_embeddings_are_the_same_on_every_load(model_dirs):
+    """Training and inference (and every rank) must see one embedding for <W> etc.: not drawn from
+    the global random state, which differs from process to process."""
+    loads = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        encoder = CaptionEncoder.from_pretrained(
+            model_dirs[1], "decoder", torch.float32, add_caption_tokens=True
+        )
+        ids = encoder.tokenizer.convert_tokens_to_ids(list(CAPTION_SPECIAL_TOKENS))
+        loads.append(encoder.model.get_input_embeddings().weight[ids].clone())
+    torch.testing.assert_close(loads[0], loads[1], rtol=0, atol=0)
+    assert torch.cdist(loads[0], loads[0]).fill_diagonal_(1.0).min() > 0.1  # four distinct tags

@@ -30,15 +30,31 @@ through v = (x_t - x0) / t. At t = 0 (a tower held clean) there is nothing to gu
 
 Batching. :class:`GuidedVelocity` evaluates every state a step needs (the union over both towers'
 rules) in one forward of the model: latents repeated per state, text conditionings of different
-lengths padded with masks, and the per-sample ``mutual`` switch. States that differ in whether the
-reference images are fed cannot share a sequence length, so eq. 9's "no reference" states run in a
-second forward.
+lengths padded with masks, the per-sample ``mutual`` switch, and for eq. 9's "no reference" states
+the per-sample ``reference_mask`` (the reference tokens stay in the sequence with their keys masked,
+which gives those samples exactly the reference-free prediction).
+
+One tower (T2V, T2A). The model runs that tower alone, so there is no cross-modal exchange and the
+mutual switch changes nothing: (pos, indep) = (pos, mutual) and (neg, indep) = (neg, mutual). The
+states collapse to pos / neg (two samples per forward) and each rule, evaluated as written, means:
+
+- ``TowerGuidance`` (unguided): the positive prediction.
+- ``CFG``: unchanged, n + s (p - n).
+- ``UCG`` (CCL eq. 5): n + s (p - n), plain CFG.
+- ``MultiModalCFG`` (CCL eq. 2): n + s_text (p - n); the cross-modal term is zero.
+- ``AliveAPG`` (eq. 4-7): eq. 6's vector is zero and eq. 4 equals eq. 5, so it is APG-guided CFG
+  n + (w1 + w2) A(p - n): scale 6 for the default video weights, 12 for the audio ones. With
+  momentum, the two terms see the same vectors and keep equal running sums, so this stays exact.
+- ``DualReferenceCFG`` (eq. 9): needs reference images, so it serves only a video tower of R2VA.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -131,6 +147,8 @@ def multimodal_cfg(
     """Seed 002 eq. 2 (and eq. 6): v(u,0) + s_text (v(c,0) - v(u,0)) + s_m (v(u,c_m) - v(u,0))."""
     return neg_indep + s_text * (pos_indep - neg_indep) + s_m * (neg_mutual - neg_indep)
 
+
+Tower = Literal["video", "audio"]
 
 # ---------------------------------------------------------------------------------------------------
 # States and per-tower rules
@@ -300,6 +318,45 @@ class Guidance:
         return cls(TowerGuidance(), TowerGuidance())
 
 
+GUIDANCE_PRESETS: dict[str, Callable[[], Guidance]] = {
+    "alive": Guidance,  # seed 000 eq. 4-7 with APG: video w=(3,3,3) eta=0.5, audio w=(2,10,2) eta=0.2
+    "cfg": lambda: Guidance(CFG(), CFG()),
+    "ucg": lambda: Guidance(UCG(), UCG()),  # CCL eq. 5
+    "multimodal": lambda: Guidance(MultiModalCFG(), MultiModalCFG()),  # CCL eq. 2 / 6
+    "dual-reference": lambda: Guidance(DualReferenceCFG(), AliveAPG.audio_default()),  # eq. 9, R2VA
+    "none": Guidance.unguided,
+}
+
+
+def parse_guidance(text: str, default: Guidance | None = None) -> Guidance:
+    """Guidance from a command line: a preset name (:data:`GUIDANCE_PRESETS`), a JSON object
+    ``{"video": {"kind": ..., ...}, "audio": {...}}`` or the path of a file holding one. A tower the
+    JSON leaves out keeps ``default``'s rule (ALIVE's when None)."""
+    text = text.strip()
+    if text in GUIDANCE_PRESETS:
+        return GUIDANCE_PRESETS[text]()
+    source = "guidance JSON"
+    if not text.startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(
+                f"guidance {text!r} is not a preset ({', '.join(GUIDANCE_PRESETS)}), a JSON object or a file"
+            )
+        source, text = str(path), path.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{source} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or not data or set(data) - {"video", "audio"}:
+        raise ValueError(f'{source} must be an object with "video" and/or "audio" rules, got {data!r}')
+    base = default or Guidance()
+    try:
+        rules = {t: rule_from_dict(data[t]) if t in data else getattr(base, t) for t in ("video", "audio")}
+    except (TypeError, ValueError) as e:  # an unknown kind, a field the rule does not have
+        raise ValueError(f"{source}: {e}") from None
+    return Guidance(**rules)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Text conditionings of different lengths in one batch
 
@@ -358,11 +415,15 @@ def _cat(items: list[CaptionConditioning]) -> CaptionConditioning:
 
 class GuidedVelocity:
     """``velocity(x_video, x_audio, t_video, t_audio)`` for :func:`alive_infer.sampling.sample`:
-    all states of a step through ``model`` (batched unless ``batched=False``), then each tower's rule.
+    all states of a step through ``model`` (one batched forward unless ``batched=False``, which runs
+    each state on its own: the benchmark's baseline), then each tower's rule.
 
     positive / negative: the captions' conditioning ([B, ...] each; the negative one is usually the
     null caption or the negative prompt). video_condition ([B, C+mask, T, H, W], I2V) and references
-    ([B, K, C, H, W], R2VA) are fed to every state (references only to states with reference=True).
+    ([B, K, C, H, W], R2VA) are fed to every state; a state with reference=False gets them masked
+    (``JointInputs.reference_mask``) in the batched forward and left out in a separate one.
+    towers: the towers being generated; with one (T2V, T2A) the other is absent from every forward
+    and the mutual switch has nothing to switch (see the module docstring).
     One instance serves one sampling run (APG momentum keeps state across its calls).
     """
 
@@ -375,49 +436,62 @@ class GuidedVelocity:
         video_condition: Tensor | None = None,
         references: Tensor | None = None,
         batched: bool = True,
+        towers: tuple[Tower, ...] = ("video", "audio"),
     ) -> None:
+        if not towers or set(towers) - {"video", "audio"}:
+            raise ValueError(f"towers must be a non-empty subset of ('video', 'audio'), got {towers}")
         self.model, self.guidance, self.batched = model, guidance, batched
-        states = guidance.states
-        if negative is None and any(s.text == "neg" for s in states):
+        self.towers = tuple(t for t in ("video", "audio") if t in towers)
+        self.video_condition, self.references = video_condition, references
+        self.rules = {t: getattr(guidance, t) for t in self.towers}
+        self.states = tuple(sorted({self.key(s) for rule in self.rules.values() for s in rule.states}))
+        if negative is None and any(s.text == "neg" for s in self.states):
             raise ValueError(f"guidance {guidance.to_dict()} needs a negative (or null) caption conditioning")
-        texts = (
+        if references is not None and "video" not in self.towers:
+            raise ValueError("reference images condition the video tower, which this run does not generate")
+        self.texts = (
             {"pos": positive}
             if negative is None
             else dict(zip(("pos", "neg"), pad_conditionings([positive, negative]), strict=True))
         )
-        self.texts = texts
-        self.video_condition, self.references = video_condition, references
-        if references is None:  # without references every state is the same sequence: one group
-            states = tuple(sorted({dataclasses.replace(s, reference=True) for s in states}))
-            self._key = lambda s: dataclasses.replace(s, reference=True)
-        else:
-            self._key = lambda s: s
-        self.groups = [tuple(s for s in states if s.reference == r) for r in (True, False)]
-        self.groups = [g for g in self.groups if g]
+        self.groups = [self.states] if batched else [(s,) for s in self.states]
         self.memory: dict[str, dict] = {"video": {}, "audio": {}}
         self.forwards = 0  # model calls made (benchmarks, tests)
         self._text: dict[tuple[State, ...], CaptionConditioning] = {}
         param = next(model.parameters(), None)
         self.dtype = param.dtype if param is not None else torch.float32
 
+    def key(self, state: State) -> State:
+        """The state a rule's state is computed as: without references every state has the same
+        (absent) ones, and with one tower "indep" is "mutual" (there is no exchange to switch off)."""
+        return dataclasses.replace(
+            state,
+            mutual=state.mutual or len(self.towers) == 1,
+            reference=state.reference or self.references is None,
+        )
+
     def _inputs(
-        self, states: tuple[State, ...], xv: Tensor, xa: Tensor, tv: Tensor, ta: Tensor
+        self, states: tuple[State, ...], xv: Tensor | None, xa: Tensor | None, tv: Tensor, ta: Tensor
     ) -> JointInputs:
         n = len(states)
         if states not in self._text:  # the text batch of a group is the same every step
             self._text[states] = _cat([self.texts[s.text] for s in states])
         text = self._text[states]
-        b = xv.shape[0]
-        mutual = torch.tensor([s.mutual for s in states], device=xv.device).repeat_interleave(b)
+        b = (xv if xv is not None else xa).shape[0]
+        device = (xv if xv is not None else xa).device
 
         def rep(x: Tensor | None) -> Tensor | None:
             return None if x is None else x.repeat(n, *([1] * (x.ndim - 1)))
 
+        def flags(values: list[bool]) -> Tensor | None:  # None when all True: no masking at all
+            return None if all(values) else torch.tensor(values, device=device).repeat_interleave(b)
+
         cast = self.dtype
-        refs = self.references if states[0].reference else None
+        video = xv is not None
+        refs = self.references if video and any(s.reference for s in states) else None
         return JointInputs(
-            video=rep(xv).to(cast),
-            audio=rep(xa).to(cast),
+            video=rep(xv).to(cast) if video else None,
+            audio=rep(xa).to(cast) if xa is not None else None,
             t_video=rep(tv),
             t_audio=rep(ta),
             video_texts=[v.to(cast) for v in text.video_texts],
@@ -426,35 +500,41 @@ class GuidedVelocity:
             audio_caption_mask=text.audio_caption_mask,
             transcript_ids=text.transcript_ids,
             transcript_mask=text.transcript_mask,
-            video_condition=None if self.video_condition is None else rep(self.video_condition).to(cast),
+            video_condition=rep(self.video_condition).to(cast)
+            if video and self.video_condition is not None
+            else None,
             references=None if refs is None else rep(refs).to(cast),
-            mutual=None if all(s.mutual for s in states) else mutual,
+            reference_mask=None if refs is None else flags([s.reference for s in states]),
+            mutual=flags([s.mutual for s in states]),
         )
 
     @torch.no_grad()
     def predictions(
-        self, xv: Tensor, xa: Tensor, tv: Tensor, ta: Tensor
-    ) -> dict[State, tuple[Tensor, Tensor]]:
-        """Velocity of every state: {state: (v_video, v_audio)}, float32."""
-        out: dict[State, tuple[Tensor, Tensor]] = {}
-        chunks = self.groups if self.batched else [(s,) for g in self.groups for s in g]
-        b = xv.shape[0]
-        for states in chunks:
+        self, xv: Tensor | None, xa: Tensor | None, tv: Tensor, ta: Tensor
+    ) -> dict[State, tuple[Tensor | None, Tensor | None]]:
+        """Velocity of every state: {state: (v_video, v_audio)}, float32 (None for an absent tower)."""
+        out: dict[State, tuple[Tensor | None, Tensor | None]] = {}
+        b = (xv if xv is not None else xa).shape[0]
+        for states in self.groups:
             pred = self.model(self._inputs(states, xv, xa, tv, ta))
             self.forwards += 1
             for i, s in enumerate(states):
-                out[s] = (pred.video[i * b : (i + 1) * b].float(), pred.audio[i * b : (i + 1) * b].float())
+                out[s] = tuple(
+                    None if p is None else p[i * b : (i + 1) * b].float() for p in (pred.video, pred.audio)
+                )
         return out
 
     def __call__(
         self, xv: Tensor | None, xa: Tensor | None, tv: Tensor, ta: Tensor
     ) -> tuple[Tensor | None, Tensor | None]:
-        if xv is None or xa is None:
-            raise NotImplementedError("single-tower (T2V / T2A) guidance needs the model's one-tower forward")
+        given = tuple(t for t, x in (("video", xv), ("audio", xa)) if x is not None)
+        if given != self.towers:
+            raise ValueError(f"this guided velocity generates {self.towers}, but was called with {given}")
         preds = self.predictions(xv, xa, tv, ta)
-        video = {s: preds[self._key(s)][0] for s in self.guidance.video.states}
-        audio = {s: preds[self._key(s)][1] for s in self.guidance.audio.states}
-        return (
-            self.guidance.video.combine(video, xv.float(), tv, self.memory["video"]),
-            self.guidance.audio.combine(audio, xa.float(), ta, self.memory["audio"]),
-        )
+        out: dict[str, Tensor | None] = {"video": None, "audio": None}
+        for index, (tower, x, t) in enumerate((("video", xv, tv), ("audio", xa, ta))):
+            if tower in self.rules:
+                rule = self.rules[tower]
+                v = {s: preds[self.key(s)][index] for s in rule.states}
+                out[tower] = rule.combine(v, x.float(), t, self.memory[tower])
+        return out["video"], out["audio"]

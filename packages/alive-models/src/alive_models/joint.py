@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -17,7 +17,7 @@ from alive_models.config import JointConfig
 from alive_models.fusion import ExchangeRoutes, build_fusion
 from alive_models.geometry import Timeline
 from alive_models.pretrained import match_weights, read_config, save_weights
-from alive_models.video_dit import VideoDiT
+from alive_models.video_dit import VideoDiT, VideoState
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,10 @@ class JointInputs:
     audio_caption: [B, L_c, D_c] (+ mask); transcript_ids: [B, L_w] speech tokens (+ mask);
     video_condition: [B, C_v + mask, T, H, W] for I2V (see :func:`i2v_condition`);
     references: [B, K, C_v, H, W] reference-image latents;
+    reference_mask: [B] bool, False = that sample ignores the references (their keys are masked in
+    every video attention, so its clip equals a forward without references): eq. 9's no-reference
+    guidance states and per-sample reference dropout share one batch with the others; None = all use
+    them;
     video_reads_audio, audio_reads_video: [B] bool, the per-sample routes of the exchange (seed 002
     Dynamic Context Routing; :data:`alive_models.fusion.TASK_ROUTES` maps tasks to them);
     mutual: [B] bool, shorthand for both routes (False = neither: the "indep" state); routes and
@@ -62,6 +66,7 @@ class JointInputs:
     transcript_mask: Tensor | None = None
     video_condition: Tensor | None = None
     references: Tensor | None = None
+    reference_mask: Tensor | None = None
     mutual: Tensor | None = None
     audio_mask: Tensor | None = None
     video_clean: Tensor | None = None
@@ -102,7 +107,14 @@ class JointInputs:
             raise ValueError("a video stream needs t_video and video_texts")
         if self.audio is not None and (self.t_audio is None or self.audio_caption is None):
             raise ValueError("an audio stream needs t_audio and audio_caption")
-        for name in ("mutual", "video_clean", "audio_clean", "video_reads_audio", "audio_reads_video"):
+        for name in (
+            "mutual",
+            "video_clean",
+            "audio_clean",
+            "video_reads_audio",
+            "audio_reads_video",
+            "reference_mask",
+        ):
             flags = getattr(self, name)
             if flags is not None and (flags.shape != (b,) or flags.dtype != torch.bool):
                 raise ValueError(
@@ -127,6 +139,23 @@ class JointOutputs:
 
     video: Tensor | None
     audio: Tensor | None
+
+
+def _mask_references(state: VideoState, keep: Tensor) -> VideoState:
+    """Hide the reference tokens from every query of the samples where ``keep`` is False.
+
+    Keys are ordered [caption; references; clip] in every video block (dual and single stream), and
+    reference tokens take no part in the fusion, so masking their keys makes those samples' clip
+    tokens exactly what a forward without references computes (up to float summation order). The
+    same graph runs whatever ``keep`` holds (FSDP-safe) and nothing is read on the host.
+    """
+    device = state.x.device
+    length = state.text_len + state.x.shape[1]
+    position = torch.arange(length, device=device)
+    is_ref = (position >= state.text_len) & (position < state.text_len + state.n_ref)
+    visible = ~is_ref[None, :] | keep[:, None]
+    key_mask = visible if state.key_mask is None else state.key_mask & visible
+    return replace(state, key_mask=key_mask)
 
 
 def i2v_condition(first_frame_latent: Tensor, num_latent_frames: int, mask_channels: int = 4) -> Tensor:
@@ -179,6 +208,8 @@ class JointAVDiT(nn.Module):
                 condition=inputs.video_condition,
                 references=inputs.references,
             )
+            if inputs.reference_mask is not None and inputs.references is not None:
+                vs = _mask_references(vs, inputs.reference_mask)
         if inputs.audio is not None:
             as_ = self.audio.embed(
                 inputs.audio,

@@ -78,6 +78,14 @@ class TextConditioner:
                 c = None if c == NULL_CAPTION else parse_caption(c)
             texts.append(NULL_CAPTION if c is None else c.render())
             speech.append("" if c is None else c.speech_text)
+        return self._encode(texts, speech)
+
+    def encode_plain(self, texts: Sequence[str]) -> CaptionConditioning:
+        """Plain text (a negative prompt) encoded as it is: not parsed as a caption, no transcript.
+        A blank text gives the null caption's conditioning."""
+        return self._encode(list(texts), [""] * len(texts))
+
+    def _encode(self, texts: list[str], speech: list[str]) -> CaptionConditioning:
         t5, qwen = self.t5.encode(texts), self.qwen.encode(texts)
         ids, mask = self.transcript(speech)
         return CaptionConditioning(
