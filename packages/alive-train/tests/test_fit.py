@@ -38,10 +38,10 @@ def tree_digest(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, write_stage, run_stage):
+def trained(tmp_path_factory, write_stage_at, run_stage):
     """One uninterrupted run of the joint stage, with the default (per-run SQLite) MLflow store."""
     root = tmp_path_factory.mktemp("trained")
-    path = write_stage(
+    path = write_stage_at(
         root / "stage.yaml",
         tracking={"uri": None},
         schedule={"max_steps": STEPS, "epochs": None},
@@ -316,3 +316,10 @@ def test_optimizer_has_exactly_the_configured_rates_and_frozen_weights_do_not_mo
     assert audio and all(torch.equal(end[k], start[k]) for k in audio)  # frozen: bitwise unchanged
     moved = [k for k in start if k.startswith("video.") and not torch.equal(end[k], start[k])]
     assert len(moved) > 10
+    # Lineage: the run is tagged with the export it started from, that export's run and checkpoint.
+    tags = MlflowClient(result.run.uri).get_run(result.run.run_id).data.tags
+    trained_run = trained[1].run
+    assert tags["alive.init_from.0.path"] == str(export) and tags["alive.init_from.0.stage"] == "joint"
+    assert tags["alive.init_from.0.run_id"] == trained_run.run_id
+    assert tags["alive.init_from.0.checkpoint"] == str(trained[1].last_checkpoint.resolve())
+    assert "mlflow.parentRunId" not in tags  # the parent run lives in another store

@@ -45,13 +45,13 @@ def losses(uri: str, run_id: str) -> dict[int, float]:
     return {m.step: m.value for m in MlflowClient(uri).get_metric_history(run_id, "loss/total")}
 
 
-def test_two_processes_train_checkpoint_and_resume_exactly(tmp_path, write_stage):
+def test_two_processes_train_checkpoint_and_resume_exactly(tmp_path, write_stage_at):
     sections = {
         "trainer": {"accelerator": "cpu", "devices": 2, "log_every_n_steps": 1, "progress_bar": False},
         "checkpoint": {"every_n_steps": 2, "keep_last": 5},
     }
-    whole = write_stage(tmp_path / "whole" / "stage.yaml", **sections)
-    split = write_stage(tmp_path / "split" / "stage.yaml", **sections)
+    whole = write_stage_at(tmp_path / "whole" / "stage.yaml", **sections)
+    split = write_stage_at(tmp_path / "split" / "stage.yaml", **sections)
     out = run(whole, "schedule.max_steps=4")
     assert "steps: 4 on 2 rank(s)" in out
     run(split, "schedule.max_steps=3")
@@ -72,8 +72,8 @@ def test_two_processes_train_checkpoint_and_resume_exactly(tmp_path, write_stage
     assert len(positions) == 2 and positions[0] != positions[1]  # every rank's own data position
 
 
-def test_sigusr1_saves_at_a_step_boundary_exits_and_the_next_launch_resumes(tmp_path, write_stage):
-    config = write_stage(
+def test_sigusr1_saves_at_a_step_boundary_exits_and_the_next_launch_resumes(tmp_path, write_stage_at):
+    config = write_stage_at(
         tmp_path / "stage.yaml",
         trainer={"accelerator": "cpu", "devices": 1, "log_every_n_steps": 1, "progress_bar": False},
         checkpoint={"every_n_steps": 1000, "keep_last": 2},

@@ -81,6 +81,9 @@ class OptimConfig:
     schedule: Literal["constant", "cosine"] = "constant"
     min_lr_ratio: float = 0.0
     grad_clip: float | None = 1.0
+    # "foreach" batches the update over all parameters (few DTensor dispatches); "fused" is one kernel
+    # on GPU; "auto" is torch's default, which picks the per-tensor loop on CPU.
+    implementation: Literal["foreach", "fused", "auto"] = "foreach"
 
 
 @dataclass

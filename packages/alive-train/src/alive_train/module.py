@@ -28,7 +28,7 @@ from alive_models.flow import flow_loss
 from alive_models.parallel import ParallelPlan, parallelize_joint
 from alive_train import preemption
 from alive_train.adapter import TASK_NAMES, BatchAdapter, FlowBatch
-from alive_train.config import ModelConfig, StageConfig
+from alive_train.config import ModelConfig, OptimConfig, StageConfig
 from alive_train.ema import ShardedEMA
 from alive_train.metrics import LossTracker, ThroughputMeter
 from alive_train.param_groups import ResolvedGroup, optimizer_groups, resolve_param_groups
@@ -50,6 +50,14 @@ def joint_config(model: ModelConfig) -> JointConfig:
         return out
 
     return JointConfig.from_dict(merge(get_preset(model.preset).to_dict(), dict(model.overrides)))
+
+
+def build_optimizer(groups: list[dict], config: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over torch parameter groups (each with its own lr and weight decay)."""
+    kind = {"foreach": {"foreach": True}, "fused": {"fused": True}, "auto": {}}[config.implementation]
+    return torch.optim.AdamW(
+        groups, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay, **kind
+    )
 
 
 def _seed(*parts: object) -> int:
@@ -186,7 +194,7 @@ class StageModule(L.LightningModule):
         groups = optimizer_groups(self.param_groups)
         if not groups:
             raise ValueError("no trainable parameters: every parameter group is frozen")
-        optimizer = torch.optim.AdamW(groups, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay)
+        optimizer = build_optimizer(groups, c)
         total = self.config.max_steps(self.trainer.world_size)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_factor(step, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
