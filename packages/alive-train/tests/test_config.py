@@ -143,3 +143,21 @@ def test_stages_whose_module_needs_phase_two_apis_say_so():
         config = load_config(stage, ["model.preset=tiny"])
         with pytest.raises(NotImplementedError, match=config.module):
             build_stage(config)
+
+
+def test_cli_reports_config_errors_and_lists_stages(capsys):
+    import signal
+
+    from alive_train.cli import EXIT_CONFIG, main
+
+    previous = signal.getsignal(signal.SIGUSR1)
+    try:
+        assert main(["fit", "joint", "optim.groups.0.lrr=1"]) == EXIT_CONFIG
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert "optim.groups.0.lrr" in capsys.readouterr().err
+    assert main(["stages"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in list_stages()) and "T2VA joint training" in listed
+    assert main(["export", "/nonexistent", "/tmp/out"]) == EXIT_CONFIG
+    assert "neither a checkpoint" in capsys.readouterr().err

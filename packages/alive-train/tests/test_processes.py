@@ -23,7 +23,18 @@ BIN = Path(os.environ.get("VIRTUAL_ENV", ".venv")) / "bin" / "alive-train"
 def launch(config: Path, *overrides: str, **kwargs) -> subprocess.Popen:
     exe = str(BIN) if BIN.exists() else "alive-train"
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    env.pop("SLURM_JOB_ID", None)
+    # A fresh job: no SLURM, and none of the rendezvous variables an in-process run of this session
+    # left behind (its MASTER_PORT is still bound by that process group).
+    for name in (
+        "SLURM_JOB_ID",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "NODE_RANK",
+    ):
+        env.pop(name, None)
     return subprocess.Popen(
         [exe, "fit", str(config), *overrides],
         stdout=subprocess.PIPE,

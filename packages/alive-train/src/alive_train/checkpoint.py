@@ -74,8 +74,8 @@ def remove_partials(directory: str | Path) -> list[Path]:
     return removed
 
 
-def commit(partial: Path, final: Path) -> None:
-    """Publish a fully written checkpoint directory under its final name (rank 0 only)."""
+def publish(partial: Path, final: Path) -> None:
+    """Give a fully written directory its final name, replacing what was there (rank 0 only)."""
     old = final.with_name(f".{final.name}.replaced")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)

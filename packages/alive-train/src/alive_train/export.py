@@ -8,7 +8,6 @@ the weights came from (stage, step, checkpoint, MLflow run), for the next stage'
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 
 from alive_models import JointConfig
-from alive_train.checkpoint import load_weights, read_info
+from alive_train.checkpoint import load_weights, publish, read_info
 from alive_train.weights import WEIGHTS_NAME
 
 CONFIG_NAME = "config.json"
@@ -51,14 +50,10 @@ def export_checkpoint(
     save_file(
         {k: v.contiguous() for k, v in state.items()}, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"}
     )
+    (tmp / WEIGHTS_NAME).chmod(0o644)  # safetensors creates it owner-only; exports are shared
     (tmp / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     (tmp / LINEAGE_NAME).write_text(json.dumps(lineage, indent=2) + "\n")
-    old = out_dir.with_name(f".{out_dir.name}.replaced")
-    if out_dir.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    publish(tmp, out_dir)
     return lineage
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from alive_train.checkpoint import INFO_NAME, META_NAME, commit, is_complete, partial_path
+from alive_train.checkpoint import INFO_NAME, META_NAME, is_complete, partial_path, publish
 
 # Keys of Lightning's checkpoint dict that the LightningModule fills for this strategy.
 SHARDED_EXTRA = "alive_sharded"  # {name: {key: tensor}}: saved with DCP like the model (the EMA)
@@ -61,7 +61,7 @@ class AliveStrategy(ModelParallelStrategy):
         if self.global_rank == 0:
             torch.save(checkpoint, partial / META_NAME)
             (partial / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
-            commit(partial, final)
+            publish(partial, final)
         self.barrier()
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
