@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from alive_data.tasks import TaskSpec
+from alive_data.text_cache import collate_text
 
 FLAGS = ("i2v", "video_loss", "audio_loss", "video_clean", "audio_clean", "mutual")
 
@@ -36,6 +37,7 @@ class TrainingSample:
     audio: np.ndarray | None = None  # float32 [N]
     video_latent: np.ndarray | None = None  # float32 [C, T, h, w]
     audio_latent: np.ndarray | None = None  # float32 [C, L]
+    text: dict[str, np.ndarray] | None = None  # encoder name -> float16 [L, D] (alive_data.text_cache)
 
 
 @dataclass
@@ -52,7 +54,8 @@ class AVBatch:
     Media, pixels: ``video`` uint8 [B, F, H, W, 3], ``audio`` float32 [B, N] mono; or cached latents:
     ``video_latent`` float32 [B, C, T, h, w], ``audio_latent`` float32 [B, C, L].
     ``audio_lengths`` int64 [B]: valid entries along the last audio axis (the rest is padding).
-    ``text_embeddings``: reserved for cached caption encodings (a later writer option); None now.
+    ``text_embeddings``: the caption encodings cached in the shards (:mod:`alive_data.text_cache`),
+    ``NAME`` float16 [B, L, D] and ``NAME_mask`` bool [B, L] per encoder; None when not read.
     ``loader_state``: the loader's state right after this batch; checkpoint it and
     ``ResumableLoader.load_state_dict`` resumes exactly after this batch.
     """
@@ -85,7 +88,8 @@ class AVBatch:
             raise ValueError("a batch holds video + audio or video_latent + audio_latent, not a mix")
         b = len(self.keys)
         sizes = {len(self.tasks), len(self.captions), len(self.transcripts)}
-        sizes |= {t.shape[0] for t in self._tensors().values()}
+        for value in self._tensors().values():
+            sizes |= {t.shape[0] for t in value.values()} if isinstance(value, dict) else {value.shape[0]}
         if sizes != {b}:
             raise ValueError(f"inconsistent batch sizes {sorted(sizes)} for {b} keys")
 
@@ -167,5 +171,6 @@ def collate(samples: list[TrainingSample]) -> AVBatch:
         audio=stack("audio"),
         video_latent=stack("video_latent"),
         audio_latent=stack("audio_latent"),
+        text_embeddings=None if samples[0].text is None else collate_text([s.text for s in samples]),
         **flags,
     )

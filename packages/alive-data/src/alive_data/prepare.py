@@ -24,9 +24,11 @@ from alive_data.pipeline import PipelineConfig
 from alive_data.samples import BadSample, Sample, load_media, read_metadata
 from alive_data.schema import lookup
 from alive_data.tasks import TASKS, uniform
+from alive_data.text_cache import read_text
 from alive_models.text.conditioning import NULL_CAPTION
 
-Bucket = tuple[str, int, int, int]  # ("pixels" | "latent", frames or latent frames, height, width)
+# ("pixels" | "latent", frames or latent frames, height, width[, reference images])
+Bucket = tuple[str | int, ...]
 _REFERENCE = re.compile(r"ref_(\d+)\.jpg")
 
 
@@ -79,12 +81,22 @@ class SamplePreparer:
         bucket = self.bucket(meta)
         if bucket is None:
             return Skip("too_short")
+        if c.buckets.by_reference_count:
+            bucket = (*bucket, len(refs) if spec.references else 0)
         sample = load_media(raw, meta, caption, self.format, latents=c.latents is not None, codecs=c.latents)
         media = self._fit_latents(sample, bucket) if c.latents else self._fit_pixels(sample, bucket)
         size = self._frame_size(bucket)
         references = np.zeros((0, *size, 3), np.uint8)
         if spec.references:
             references = np.stack([fit_frames(decode_image(raw[name])[None], size)[0] for _, name in refs])
+        text = None
+        if c.text_embeddings:  # the null caption's encodings when the caption was dropped
+            try:
+                text = read_text(raw, c.text_embeddings, null=dropped)
+            except KeyError as e:
+                return Skip("missing_text_embeddings", f"no {e.args[0]} member")
+            except (ValueError, OSError, EOFError) as e:
+                return Skip("corrupt_text_embeddings", str(e))
         return Prepared(
             bucket,
             TrainingSample(
@@ -95,6 +107,7 @@ class SamplePreparer:
                 caption=NULL_CAPTION if dropped else meta["caption"],
                 transcript="" if dropped else caption.speech_text,
                 references=references,
+                text=text,
                 **media,
             ),
         )
@@ -123,12 +136,12 @@ class SamplePreparer:
 
     def _frame_size(self, bucket: Bucket) -> tuple[int, int]:
         """The clip's resolution in pixels (for latents: the resolution the cached latent encodes)."""
-        kind, _, height, width = bucket
+        kind, _, height, width = bucket[:4]
         s = self.format.video.spatial_stride if kind == "latent" else 1
         return height * s, width * s
 
     def _fit_pixels(self, sample: Sample, bucket: Bucket) -> dict[str, Any]:
-        _, length, height, width = bucket
+        _, length, height, width = bucket[:4]
         if len(sample.frames) < length:
             raise BadSample("short_video", f"{len(sample.frames)} frames decoded, need {length}")
         rate = self.format.sample_rate
@@ -143,7 +156,7 @@ class SamplePreparer:
         }
 
     def _fit_latents(self, sample: Sample, bucket: Bucket) -> dict[str, Any]:
-        _, length, height, width = bucket
+        _, length, height, width = bucket[:4]
         video, audio = sample.video_latent, sample.audio_latent
         if video.shape[2:] != (height, width):
             raise BadSample("latent_shape", f"video latent {video.shape}, metadata says {height}x{width}")

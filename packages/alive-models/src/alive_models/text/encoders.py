@@ -95,16 +95,33 @@ class CaptionEncoder:
         return EncodedText(hidden.masked_fill(~mask[..., None], 0.0), mask)
 
 
+# Seeds the embeddings of added tag tokens (any fixed value; it must never change once models train).
+_NEW_TOKEN_SEED = 0x414C495645
+
+
 def add_special_tokens(tokenizer, model: torch.nn.Module | None = None) -> list[int]:
     """Make <W>, </W>, <I>, </I> single special tokens; grow the model's embeddings if needed.
 
     Returns their ids. Idempotent: a tokenizer that already has them is left as it is.
+
+    The frozen encoder's new rows must be the same on every load (training and inference, every
+    rank, CPU or GPU), so they are drawn from a fixed-seed CPU generator: the existing embeddings'
+    per-dimension mean and standard deviation plus Gaussian noise, distinct for each tag.
+    transformers' own initialisation would draw them from the global random state instead.
     """
     missing = [t for t in CAPTION_SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)
     if model is not None and model.get_input_embeddings().num_embeddings < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
+        old = model.get_input_embeddings().num_embeddings
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            weight = model.get_input_embeddings().weight
+            existing = weight[:old].float().cpu()
+            g = torch.Generator().manual_seed(_NEW_TOKEN_SEED)
+            noise = torch.randn(weight.shape[0] - old, weight.shape[1], generator=g)
+            rows = existing.mean(0) + existing.std(0) * noise
+            weight[old:] = rows.to(weight.dtype).to(weight.device)
     return tokenizer.convert_tokens_to_ids(list(CAPTION_SPECIAL_TOKENS))
 
 
