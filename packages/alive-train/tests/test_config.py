@@ -66,7 +66,7 @@ def test_init_from_names_the_previous_stage_export():
         paths = [s.path for s in load_config(stage).init_from]
         assert f"exports/{previous}" in paths, (stage, paths)
     joint = load_config("joint").init_from
-    assert [s.include for s in joint] == [["audio."], ["video."]] and joint[1].prefix_map == {"": "video."}
+    assert [s.prefix_map for s in joint] == [{"audio.": "audio."}, {"": "video."}]
     assert load_config("refiner").init_from[0].path == "exports/sft"
 
 
@@ -136,13 +136,78 @@ def test_null_removes_an_inherited_pipeline_key():
     assert config.pipeline().filter.rules == ()
 
 
-def test_stages_whose_module_needs_phase_two_apis_say_so():
-    from alive_train.module import build_stage
+def test_every_stage_module_builds_and_checks_what_config_cannot_say():
+    from alive_train.module import (
+        STAGES,
+        JointStage,
+        ReferenceStage,
+        RefinerStage,
+        T2AStage,
+        build_stage,
+    )
 
-    for stage in ("t2a_stage1", "reference", "refiner"):
+    expected = {"t2a": T2AStage, "joint": JointStage, "reference": ReferenceStage, "refiner": RefinerStage}
+    assert expected == STAGES
+    for stage in list_stages():
         config = load_config(stage, ["model.preset=tiny"])
-        with pytest.raises(NotImplementedError, match=config.module):
-            build_stage(config)
+        assert type(build_stage(config)) is STAGES[config.module]
+    with pytest.raises(ConfigError, match="reference_prob"):
+        build_stage(load_config("reference", ["model.preset=tiny", "data.pipeline.tasks.reference_prob=1.0"]))
+    with pytest.raises(ConfigError, match="by_reference_count"):
+        build_stage(
+            load_config(
+                "reference",
+                [
+                    "model.preset=tiny",
+                    "data.pipeline.buckets.batch_size=2",
+                    "data.pipeline.buckets.by_reference_count=false",
+                ],
+            )
+        )
+
+
+def test_stage_recipes_that_config_must_respect_are_enforced():
+    import torch
+
+    from alive_train.module import build_stage
+    from alive_train.param_groups import resolve_param_groups
+
+    def trainable(stage, *overrides):
+        with torch.device("meta"):
+            module = build_stage(load_config(stage, ["model.preset=tiny", *overrides]))
+        resolve_param_groups(module.model, module.config.optim)
+        module.check_trainable()
+
+    trainable("t2a_stage1")
+    trainable("refiner")
+    with pytest.raises(ConfigError, match="audio tower alone"):
+        trainable("t2a_stage1", "optim.unmatched=default", "optim.default_lr=1e-5")
+    with pytest.raises(ConfigError, match="frozen"):
+        trainable("refiner", "optim.groups.0.lr=1e-5")
+
+
+def test_text_and_validation_settings_are_checked():
+    with pytest.raises(ConfigError, match="caption encoders"):
+        load_config("joint", ["text.t5=null", "text.qwen=null"])
+    cached = load_config(
+        "joint",
+        ["text.t5=null", "text.qwen=null", "text.transcript=/tok", "data.pipeline.text_embeddings=[t5,qwen]"],
+    )
+    assert cached.pipeline().text_embeddings == ("t5", "qwen")
+    with pytest.raises(ConfigError, match="transcript-only"):
+        load_config(
+            "t2a_stage1",
+            [
+                "text.t5=null",
+                "text.qwen=null",
+                "text.transcript=/tok",
+                "data.pipeline.text_embeddings=[t5,qwen]",
+            ],
+        )
+    with pytest.raises(ConfigError, match="validation"):
+        load_config("joint", ["validation.num_clips=0"])
+    with pytest.raises(ConfigError, match="refiner"):
+        load_config("refiner", ["refiner.t_start=0"])
 
 
 def test_cli_reports_config_errors_and_lists_stages(capsys):

@@ -1,4 +1,5 @@
-"""``init_from``: renaming, filtering, missing / unexpected keys and shapes, on a plain model."""
+"""``init_from`` through ``alive_models.pretrained``: prefix maps, missing / unexpected keys and shapes,
+on a plain model (the sharded path is exercised by every stage test)."""
 
 from __future__ import annotations
 
@@ -31,15 +32,34 @@ def test_a_bare_tower_checkpoint_loads_under_its_prefix(models, tmp_path):
     assert "missing (kept as initialised)" in report.summary()
 
 
-def test_include_takes_one_tower_from_a_joint_export(models, tmp_path):
+def test_a_prefix_map_takes_one_tower_from_a_joint_export(models, tmp_path):
     source, target = models
-    (tmp_path / "export").mkdir()
-    save_file(source.state_dict(), str(tmp_path / "export" / "model.safetensors"))
+    source.save_pretrained(tmp_path / "export")
     before = {k: v.clone() for k, v in target.state_dict().items()}
-    load_init_weights(target, [InitSource(path=str(tmp_path / "export"), include=["audio."])])
+    report = load_init_weights(
+        target, [InitSource(path=str(tmp_path / "export"), prefix_map={"audio.": "audio."})]
+    )
     after = target.state_dict()
     assert all(torch.equal(after[k], source.state_dict()[k]) for k in after if k.startswith("audio."))
     assert all(torch.equal(after[k], before[k]) for k in after if not k.startswith("audio."))
+    assert report.missing == sorted(k for k in after if not k.startswith("audio."))
+
+
+def test_later_sources_override_earlier_ones(models, tmp_path):
+    source, target = models
+    source.save_pretrained(tmp_path / "a")
+    other = build_model(get_preset("tiny"), seed=2)
+    save_file({k: v for k, v in other.video.state_dict().items()}, str(tmp_path / "video.safetensors"))
+    load_init_weights(
+        target,
+        [
+            InitSource(path=str(tmp_path / "a")),
+            InitSource(path=str(tmp_path / "video.safetensors"), prefix_map={"": "video."}),
+        ],
+    )
+    state = target.state_dict()
+    assert all(torch.equal(state[f"video.{k}"], v) for k, v in other.video.state_dict().items())
+    assert all(torch.equal(state[k], v) for k, v in source.state_dict().items() if not k.startswith("video."))
 
 
 def test_unexpected_keys_fail_unless_allowed_and_shapes_must_match(models, tmp_path):
@@ -59,5 +79,5 @@ def test_unexpected_keys_fail_unless_allowed_and_shapes_must_match(models, tmp_p
     save_file(wrong, str(tmp_path / "wrong.safetensors"))
     with pytest.raises(ValueError, match="wrong shape"):
         load_init_weights(target, [InitSource(path=str(tmp_path / "wrong.safetensors"))])
-    with pytest.raises(ValueError, match=r"no model\.safetensors"):
+    with pytest.raises(ValueError, match=r"nothing_here"):
         load_init_weights(target, [InitSource(path=str(tmp_path / "nothing_here"))])

@@ -78,3 +78,30 @@ class Checkpointing(Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not getattr(pl_module, "preempted", False):
             self.save(trainer, pl_module)
+
+
+class Validation(Callback):
+    """Runs the stage's validation (:meth:`alive_train.module.StageModule.run_validation`) every
+    ``every_n_steps`` optimizer steps and at the end of training; its time is left out of throughput."""
+
+    def __init__(self, every_n_steps: int, at_end: bool) -> None:
+        self.every_n_steps, self.at_end = every_n_steps, at_end
+        self._last_step: int | None = None
+
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step == self._last_step:
+            return
+        start = time.perf_counter()
+        pl_module.run_validation()
+        self._last_step = trainer.global_step
+        pl_module.pause_throughput_clock(time.perf_counter() - start)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        stopping = pl_module.preempt_requested or pl_module.stop_reason is not None
+        if not stopping and step > 0 and step % self.every_n_steps == 0:
+            self._run(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at_end and not pl_module.preempted and pl_module.stop_reason is None:
+            self._run(trainer, pl_module)

@@ -1,7 +1,7 @@
 """``alive-train``: run a training stage, export a checkpoint.
 
 alive-train fit CONFIG [key=value ...]     train a stage (a shipped name such as ``joint`` or a YAML path)
-alive-train export CKPT OUT_DIR            checkpoint -> config.json + model.safetensors
+alive-train export CKPT OUT_DIR            checkpoint -> a JointAVDiT.save_pretrained directory
 alive-train stages                         list the shipped stage configs
 """
 
@@ -37,8 +37,8 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from alive_train.checkpoint import is_complete, latest_checkpoint
-    from alive_train.export import export_checkpoint
+    from alive_train.checkpoint import is_complete, latest_checkpoint, read_info
+    from alive_train.export import PipelineParts, export_checkpoint
 
     checkpoint = Path(args.checkpoint)
     if not is_complete(checkpoint):
@@ -51,8 +51,21 @@ def _export(args: argparse.Namespace) -> int:
             return EXIT_CONFIG
         checkpoint = latest
     try:
-        lineage = export_checkpoint(checkpoint, args.out_dir, args.weights, args.dtype)
-    except (ValueError, FileNotFoundError) as e:
+        recorded = read_info(checkpoint).get("pipeline") or {}
+        given = {
+            "video_codec": args.video_codec,
+            "audio_codec": args.audio_codec,
+            "t5": args.t5,
+            "qwen": args.qwen,
+            "transcript": args.transcript,
+        }
+        parts = {**recorded, **{k: v for k, v in given.items() if v is not None}}
+        if not {"video_codec", "audio_codec"} <= parts.keys():
+            raise ValueError(f"{checkpoint} records no codecs: give --video-codec and --audio-codec")
+        lineage = export_checkpoint(
+            checkpoint, args.out_dir, args.weights, args.dtype, PipelineParts(**parts)
+        )
+    except (ValueError, FileNotFoundError, TypeError) as e:
         print(f"alive-train: {e}", file=sys.stderr)
         return EXIT_CONFIG
     print(f"exported {checkpoint} (step {lineage['step']}, {args.weights}, {args.dtype}) to {args.out_dir}")
@@ -73,13 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("config", help="a shipped stage name (alive-train stages) or a YAML file")
     fit.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. schedule.max_steps=100")
     fit.set_defaults(func=_fit)
-    export = sub.add_parser("export", help="checkpoint -> config.json + model.safetensors")
+    export = sub.add_parser("export", help="checkpoint -> a JointAVDiT.save_pretrained directory")
     export.add_argument(
         "checkpoint", help="a checkpoint directory, or a directory of them (the newest is taken)"
     )
     export.add_argument("out_dir")
     export.add_argument("--weights", choices=("ema", "model"), default="ema")
     export.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    for flag, what in (
+        ("--video-codec", "video codec spec"),
+        ("--audio-codec", "audio codec spec"),
+        ("--t5", "T5 caption encoder directory"),
+        ("--qwen", "Qwen caption encoder directory"),
+        ("--transcript", "transcript tokenizer directory"),
+    ):
+        export.add_argument(flag, default=None, help=f"{what} the export is served with (default: the run's)")
     export.set_defaults(func=_export)
     stages = sub.add_parser("stages", help="list the shipped stage configs")
     stages.set_defaults(func=_stages)

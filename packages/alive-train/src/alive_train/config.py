@@ -46,12 +46,12 @@ class ModelConfig:
 
 @dataclass
 class InitSource:
-    """Weights to start from: an export directory (``config.json`` + ``model.safetensors``) or a
-    safetensors file. ``prefix_map`` renames source prefixes (``{"": "video."}`` for a bare VideoDiT
-    checkpoint); ``include`` keeps only keys (after renaming) under these prefixes."""
+    """Weights to start from: an export directory (``JointAVDiT.save_pretrained``'s layout) or a
+    safetensors file. ``prefix_map`` maps file prefixes to model prefixes and scopes the load
+    (``alive_models.pretrained.load_weights``): ``{"audio.": "audio."}`` takes the audio tower of a
+    joint export, ``{"": "video."}`` a bare VideoDiT file; empty = every key as it is."""
 
     path: str = MISSING
-    include: list[str] = field(default_factory=list)
     prefix_map: dict[str, str] = field(default_factory=dict)
     allow_unexpected: bool = False
 
@@ -112,7 +112,9 @@ class EMAConfig:
 
 @dataclass
 class TextConfig:
-    """Caption encoders (local Hugging Face directories) run online in the training step.
+    """Caption encoders (local Hugging Face directories) run online in the training step, unless the
+    batches carry cached encodings (``data.pipeline.text_embeddings``, written by ``alive-data write
+    --text-encoders``): then only the ``transcript`` tokenizer is needed (give it, or the encoders).
     ``caption: false`` trains on the transcript alone (the null caption: T2A stage I, TTS)."""
 
     t5: str | None = None
@@ -139,6 +141,37 @@ class DataConfig:
     pipeline: dict[str, Any] = field(default_factory=dict)
     num_workers: int = 4
     volume: int | None = None
+
+
+@dataclass
+class RefinerConfig:
+    """The refiner's flow (module ``refiner``; seed 000 §2.2, ``alive_models.flow``): the clip is shrunk
+    by ``degrade_factor`` per side (1080p -> 360p: 3), upsampled back and encoded to z_up, noised to
+    the start time ``t_start`` (t0); inference integrates from t0 with the same settings."""
+
+    t_start: float = 0.5
+    degrade_factor: float = 3.0
+
+
+@dataclass
+class ValidationConfig:
+    """Clips generated from held-out prompts of the synthetic world (``alive_data.world``, seed
+    ``seed``), decoded, measured with the world's metrics and logged to MLflow with an mp4 and a PNG
+    (frame strip + spectrogram) per clip. The refiner refines the world's high-resolution clips
+    degraded as in training, and also logs PSNR/MSE of refined and upsampled clips against the truth.
+    Stages without the video tower (T2A) do not validate."""
+
+    enabled: bool = False
+    every_n_steps: int = 1000
+    at_end: bool = True
+    num_clips: int = 4
+    steps: int = 25
+    solver: Literal["euler", "heun", "dpmpp_2m"] = "euler"
+    guidance: Literal["unguided", "alive"] = "unguided"  # alive: seed 000 eq. 4-7 (4 states per step)
+    seed: int = 1_000_003  # held out: training worlds use other seeds
+    frames: int | None = None  # clip length (1 + 4k for a causal codec); null = the world's
+    weights: Literal["ema", "model"] = "ema"
+    world: dict[str, Any] = field(default_factory=dict)  # alive_data.world.WorldConfig overrides
 
 
 @dataclass
@@ -221,7 +254,7 @@ class StageConfig:
     """One training stage (a row of seed 000 Table 2)."""
 
     stage: str = MISSING
-    module: Literal["joint", "t2a", "reference", "refiner"] = "joint"
+    module: Literal["t2a", "joint", "reference", "refiner"] = "joint"
     description: str = ""
     paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -233,6 +266,8 @@ class StageConfig:
     text: TextConfig = field(default_factory=TextConfig)
     codecs: CodecsConfig = field(default_factory=CodecsConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    refiner: RefinerConfig = field(default_factory=RefinerConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -304,6 +339,26 @@ def _problems(c: StageConfig):
             yield f"{name}: one of {sorted(DTYPES)}, got {value!r}"
     if (c.text.t5 is None) != (c.text.qwen is None):
         yield "text: give both text.t5 and text.qwen (or neither)"
+    cached_text = bool(c.data.pipeline.get("text_embeddings"))
+    if c.text.t5 is None and not (cached_text and c.text.transcript):
+        yield (
+            "text: caption encoders (text.t5, text.qwen) are needed, unless the data carries cached "
+            "encodings (data.pipeline.text_embeddings) and text.transcript names the tokenizer"
+        )
+    if c.text.t5 is None and (not c.text.caption or c.validation.enabled):
+        yield "text: transcript-only training and validation encode captions: set text.t5 and text.qwen"
+    if not 0 < c.refiner.t_start <= 1 or c.refiner.degrade_factor < 1:
+        yield "refiner: t_start in (0, 1] and degrade_factor >= 1"
+    v = c.validation
+    if v.every_n_steps < 1 or v.num_clips < 1 or v.steps < 1:
+        yield "validation: every_n_steps, num_clips and steps must be >= 1"
+    try:
+        world = world_config(v)
+    except (TypeError, ValueError) as e:
+        yield f"validation.world: {e}"
+    else:
+        if v.frames is not None and not 1 <= v.frames <= world.num_frames:
+            yield f"validation.frames: 1 .. {world.num_frames} (the world's clip length)"
     try:
         get_preset(c.model.preset)
     except KeyError as e:
@@ -333,6 +388,13 @@ def _problems(c: StageConfig):
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+def world_config(validation: ValidationConfig):
+    """The synthetic world validation draws its prompts from (``alive_data.world.WorldConfig``)."""
+    from alive_data.world import WorldConfig
+
+    return WorldConfig(**dict(validation.world))
 
 
 def _resolve_name(name: str, relative_to: Path | None) -> Path:

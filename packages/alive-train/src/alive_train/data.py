@@ -2,9 +2,9 @@
 stream position of every rank in the checkpoint.
 
 Two Lightning facts shape this. Lightning prefetches one batch, so a loader's own state at save time
-is one batch ahead of what was trained: each batch therefore carries the position right after it
-(``_position``), and the position saved is the one of the last batch that reached the model. And
-Lightning saves only rank 0's loader state: ``state_dict`` gathers every rank's position instead.
+is one batch ahead of what was trained: each ``AVBatch`` carries ``loader_state`` (the position right
+after it), and the position saved is the one of the last batch that reached the model. And Lightning
+saves only rank 0's loader state: ``state_dict`` gathers every rank's position instead.
 
 The stream never ends: epochs follow one another inside it (the pipeline's task schedule reads the
 epoch), and the run stops at ``max_steps``. Ranks whose shard subsets yield different batch counts
@@ -13,7 +13,6 @@ therefore never wait for each other at an epoch boundary.
 
 from __future__ import annotations
 
-import copy
 import signal
 from collections import Counter
 from collections.abc import Iterator
@@ -22,10 +21,10 @@ from typing import Any
 import lightning as L
 import torch.distributed as dist
 
-from alive_data.pipeline import AVStream, ResumableLoader
+from alive_data.batch import AVBatch
+from alive_data.loader import ResumableLoader
+from alive_data.stream import AVStream
 from alive_train.config import StageConfig
-
-POSITION_KEY = "_position"
 
 
 def ignore_preemption_signal(_worker_id: int) -> None:
@@ -33,26 +32,23 @@ def ignore_preemption_signal(_worker_id: int) -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
-class PositionedBatches:
-    """Endless iteration over a :class:`ResumableLoader`; each batch carries the loader position
-    right after it."""
+class Endless:
+    """Epoch after epoch of a :class:`ResumableLoader` (one pass is one epoch)."""
 
     def __init__(self, loader: ResumableLoader, rank: int) -> None:
         self.loader, self.rank = loader, rank
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[AVBatch]:
         while True:
             handed_out = 0
             for batch in self.loader:
-                batch[POSITION_KEY] = copy.deepcopy(self.loader.state_dict())
                 handed_out += 1
                 yield batch
             if handed_out == 0:
                 raise RuntimeError(
                     f"rank {self.rank}: a whole epoch ({self.loader.epoch}) of the data pipeline gave no "
                     "batch; too few samples or shards for this many ranks and workers, or every sample "
-                    "was filtered out "
-                    f"(skips: {dict(self.loader.stats())})"
+                    f"was filtered out (skips: {dict(self.loader.stats())})"
                 )
 
 
@@ -80,7 +76,7 @@ class StageDataModule(L.LightningDataModule):
             return self.trainer.global_rank, self.trainer.world_size
         return 0, 1
 
-    def train_dataloader(self) -> PositionedBatches:
+    def train_dataloader(self) -> Endless:
         rank, world = self._rank_world()
         stream = AVStream(self.pipeline, rank=rank, world_size=world)
         workers = self.config.data.num_workers
@@ -88,11 +84,11 @@ class StageDataModule(L.LightningDataModule):
         self.loader = ResumableLoader(stream, num_workers=workers, **kwargs)
         if self._resume is not None:
             self.loader.load_state_dict(self._resume)
-        return PositionedBatches(self.loader, rank)
+        return Endless(self.loader, rank)
 
-    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+    def on_before_batch_transfer(self, batch: AVBatch, dataloader_idx: int) -> AVBatch:
         # Called for the batch about to be trained (not the prefetched one): its position is "consumed".
-        self.position = batch.pop(POSITION_KEY, self.position)
+        self.position = batch.loader_state
         return batch
 
     def state_dict(self) -> dict[str, Any]:

@@ -9,6 +9,9 @@ export reads them like the weights themselves.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
@@ -66,3 +69,17 @@ class ShardedEMA:
             shadow = own.get(canonical_name(name))
             if shadow is not None:
                 _local(p).copy_(_local(shadow))
+
+    @contextlib.contextmanager
+    def swapped(self) -> Iterator[None]:
+        """The averages in the tracked parameters for the duration (validation), the training weights
+        restored after, bit for bit; local shards only, no communication."""
+        params = [_local(p.detach()) for p in self._params]
+        with torch.no_grad():
+            backup = [p.clone() for p in params]
+            torch._foreach_copy_(params, self._shadow_local)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(params, backup)

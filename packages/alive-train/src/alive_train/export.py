@@ -1,39 +1,68 @@
-"""``alive-train export CKPT OUT_DIR``: a training checkpoint -> ``config.json`` + ``model.safetensors``.
+"""``alive-train export CKPT OUT_DIR``: a training checkpoint -> a ``JointAVDiT.save_pretrained``
+directory (``config.json`` + safetensors, sharded with an index when large) that
+``JointAVDiT.from_pretrained`` and alive-infer read.
 
-Reads only the model or EMA entries of the sharded checkpoint (never the optimizer state), writes
-into a temporary directory beside ``OUT_DIR`` and renames it into place. ``lineage.json`` records where
-the weights came from (stage, step, checkpoint, MLflow run), for the next stage's run tags.
+Reads only the model or EMA entries of the sharded checkpoint (never the optimizer state), builds the
+model on the meta device around those tensors (no copy), saves it into a temporary directory beside
+``OUT_DIR``, adds ``lineage.json`` (stage, step, checkpoint, MLflow run: the next stage's run tags)
+and the inference spec, and renames the whole into place.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from alive_models import JointConfig
+from alive_models import JointAVDiT, JointConfig
 from alive_train.checkpoint import load_weights, publish, read_info
-from alive_train.weights import WEIGHTS_NAME
 
-CONFIG_NAME = "config.json"
 LINEAGE_NAME = "lineage.json"
 
 
+@dataclass(frozen=True)
+class PipelineParts:
+    """What an export needs besides the weights to be an alive-infer pipeline directory: the codecs
+    (``alive_models.codecs`` spec strings) and the caption encoders it was trained with."""
+
+    video_codec: str
+    audio_codec: str
+    t5: str | None = None
+    qwen: str | None = None
+    transcript: str | None = None  # tokenizer directory; None = the Qwen one
+    text_max_length: int = 512
+    text_dtype: str = "bfloat16"
+
+
+def write_inference_spec(directory: Path, parts: PipelineParts, lineage: dict[str, Any]) -> None:
+    """THE call site of ``alive_infer.write_pipeline_spec(directory, ...)`` (``pipeline.json``: codecs,
+    fps, text encoders, provenance), which the inference helper is adding; the coordinator wires it
+    here at merge. Until then the parts are recorded in ``lineage.json`` (``lineage["pipeline"]``)."""
+    lineage["pipeline"] = asdict(parts)
+
+
 def export_checkpoint(
-    checkpoint: str | Path, out_dir: str | Path, weights: str = "ema", dtype: str = "float32"
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    weights: str = "ema",
+    dtype: str = "float32",
+    parts: PipelineParts | None = None,
+    max_shard_size: int | str = "5GB",
 ) -> dict[str, Any]:
     """Write the export; returns its lineage record."""
-    from safetensors.torch import save_file
-
     checkpoint, out_dir = Path(checkpoint).resolve(), Path(out_dir)
     info = read_info(checkpoint)
     if weights == "ema" and not info.get("ema", False):
         raise ValueError(f"{checkpoint} was trained without EMA; export with weights='model'")
-    config = JointConfig.from_dict(info["model_config"])  # validates before anything is written
+    config = JointConfig.from_dict(info["model_config"])  # validates before anything is read
     state = load_weights(checkpoint, weights, getattr(torch, dtype))
+    with torch.device("meta"):
+        model = JointAVDiT(config)
+    model.load_state_dict(state, strict=True, assign=True)  # every key, no extra; no copy
     lineage = {
         "stage": info.get("stage"),
         "step": info.get("step"),
@@ -46,12 +75,11 @@ def export_checkpoint(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(
-        {k: v.contiguous() for k, v in state.items()}, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"}
-    )
-    (tmp / WEIGHTS_NAME).chmod(0o644)  # safetensors creates it owner-only; exports are shared
-    (tmp / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    model.save_pretrained(tmp, max_shard_size=max_shard_size)
+    for file in tmp.iterdir():  # safetensors creates files owner-only; exports are shared
+        file.chmod(0o644)
+    if parts is not None:
+        write_inference_spec(tmp, parts, lineage)
     (tmp / LINEAGE_NAME).write_text(json.dumps(lineage, indent=2) + "\n")
     publish(tmp, out_dir)
     return lineage

@@ -1,37 +1,56 @@
-"""The shared base LightningModule of every stage, and the joint stage (T2VA / I2VA / CT / SFT).
+"""The shared base LightningModule of every stage, and the stages of seed 000 Table 2.
 
 The base owns what every stage does the same way: the model on the shared FSDP2 plan, parameter
 groups, the batch adapter, the flow-matching loss per modality with per-sample masks and weights,
-seeded noise, the sharded EMA, the non-finite-loss guard, the pre-emption agreement and logging. A
-stage class overrides only what its config cannot say (:meth:`StageModule.flow_batch`,
-:meth:`StageModule.losses`).
+seeded noise, the sharded EMA, the non-finite-loss guard, the pre-emption agreement, logging and
+validation. A stage class overrides only what its config cannot say:
+
+- ``t2a`` (:class:`T2AStage`): the audio tower alone (``streams = "audio"``), checks that only audio
+  parameters train, no validation;
+- ``joint`` (:class:`JointStage`): nothing (T2VA, I2VA, CT and SFT differ only by config);
+- ``reference`` (:class:`ReferenceStage`): checks the data trains eq. 9's three states; R2VA validation;
+- ``refiner`` (:class:`RefinerStage`): the adapter's refiner flow, checks the audio side is frozen,
+  refiner validation.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import math
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
+from alive_data.world import WorldClip
 from alive_models import JointAVDiT, JointConfig, JointOutputs, get_preset, materialize
-from alive_models.codecs import audio_codec_from_spec, video_codec_from_spec
+from alive_models.codecs import AudioCodec, VideoCodec, audio_codec_from_spec, video_codec_from_spec
 from alive_models.flops import forward_flops
-from alive_models.flow import flow_loss
+from alive_models.flow import flow_loss, refiner_source
 from alive_models.parallel import ParallelPlan, parallelize_joint
-from alive_train import preemption
-from alive_train.adapter import TASK_NAMES, BatchAdapter, FlowBatch
-from alive_train.config import ModelConfig, OptimConfig, StageConfig
+from alive_models.text import TextConditioner, TranscriptTokenizer
+from alive_train import preemption, validation
+from alive_train.adapter import (
+    TASK_NAMES,
+    BatchAdapter,
+    FlowBatch,
+    RefinerFlow,
+    degrade_and_upsample,
+    to_pixels,
+)
+from alive_train.config import ConfigError, ModelConfig, OptimConfig, StageConfig, world_config
 from alive_train.ema import ShardedEMA
+from alive_train.export import PipelineParts
 from alive_train.metrics import LossTracker, ThroughputMeter
-from alive_train.param_groups import ResolvedGroup, optimizer_groups, resolve_param_groups
+from alive_train.param_groups import ResolvedGroup, canonical_name, optimizer_groups, resolve_param_groups
 from alive_train.strategy import INFO, SHARDED_EXTRA
 from alive_train.weights import load_init_weights
 
@@ -50,6 +69,14 @@ def joint_config(model: ModelConfig) -> JointConfig:
         return out
 
     return JointConfig.from_dict(merge(get_preset(model.preset).to_dict(), dict(model.overrides)))
+
+
+def pipeline_parts(config: StageConfig) -> PipelineParts:
+    """The codecs and caption encoders an export of this stage is served with."""
+    t = config.text
+    return PipelineParts(
+        config.codecs.video, config.codecs.audio, t.t5, t.qwen, t.transcript, t.max_length, t.dtype
+    )
 
 
 def build_optimizer(groups: list[dict], config: OptimConfig) -> torch.optim.AdamW:
@@ -71,6 +98,9 @@ class StageModule(L.LightningModule):
     ``resuming``: a checkpoint will be loaded, so ``init_from`` is not read.
     """
 
+    streams: Literal["both", "audio"] = "both"  # the towers a step runs
+    validates = True  # generates and measures clips (needs both towers)
+
     def __init__(self, config: StageConfig, resuming: bool = False) -> None:
         super().__init__()
         self.config = config
@@ -81,6 +111,7 @@ class StageModule(L.LightningModule):
         self.adapter: BatchAdapter | None = None
         self.param_groups: list[ResolvedGroup] = []
         self.init_report = None
+        self.world = world_config(config.validation)  # validation's prompts and metrics
         # Robustness and pre-emption state.
         self.nonfinite_total = 0
         self.nonfinite_in_a_row = 0
@@ -117,6 +148,7 @@ class StageModule(L.LightningModule):
             return
         c = self.config
         resolve_param_groups(self.model, c.optim)  # requires_grad before sharding
+        self.check_trainable()
         mesh = self.device_mesh["data_parallel"] if self._device_mesh is not None else None
         parallelize_joint(self.model, mesh, self.parallel_plan())
         materialize(self.model, self.trainer.strategy.root_device, seed=c.run.seed)
@@ -129,6 +161,16 @@ class StageModule(L.LightningModule):
             self.ema = ShardedEMA(self.model, c.ema.decay, c.ema.warmup)
         self._configured = True
 
+    def check_trainable(self) -> None:
+        """Stages whose recipe fixes what may train check the resolved groups here."""
+
+    def _trainable_outside(self, prefixes: tuple[str, ...]) -> list[str]:
+        return [
+            canonical_name(n)
+            for n, p in self.model.named_parameters()
+            if p.requires_grad and not canonical_name(n).startswith(prefixes)
+        ]
+
     def sharded_extra_state(self) -> dict[str, dict[str, Tensor]]:
         """Tensors saved and loaded with the model's shards (the strategy reads this)."""
         return {"ema": self.ema.state_dict()} if self.ema is not None else {}
@@ -139,35 +181,53 @@ class StageModule(L.LightningModule):
             return
         c = self.config
         device = self.trainer.strategy.root_device
-        text = None
+        if c.pipeline().format.video is not None:
+            c.pipeline().format.check_timeline(self.joint_config.timeline)
+        text, transcript = None, None
         if c.text.t5 is not None:
-            from alive_models.text import TextConditioner
-
             dtype = getattr(torch, c.text.dtype) if device.type == "cuda" else torch.float32
-            # Loading adds the <W>/<I> tokens to the Qwen vocabulary with randomly initialised
-            # embeddings: seed it, or every process (rank, resumed run) would encode differently.
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(c.run.seed)
-                text = TextConditioner.from_pretrained(
-                    c.text.t5,
-                    c.text.qwen,
-                    c.text.transcript,
-                    dtype=dtype,
-                    device=device,
-                    max_length=c.text.max_length,
+            text = TextConditioner.from_pretrained(
+                c.text.t5,
+                c.text.qwen,
+                c.text.transcript,
+                dtype=dtype,
+                device=device,
+                max_length=c.text.max_length,
+            )
+        else:
+            transcript = TranscriptTokenizer.from_pretrained(c.text.transcript, c.text.max_length)
+        video_codec = video_codec_from_spec(c.codecs.video, device=device)
+        audio_codec = audio_codec_from_spec(c.codecs.audio, device=device)
+        fmt = c.pipeline().format
+        for which, declared, codec in (("video", fmt.video, video_codec), ("audio", fmt.audio, audio_codec)):
+            if declared is not None and declared != codec.geometry:
+                raise ConfigError(
+                    f"data.pipeline.format.{which} is {declared}, but codecs.{which} has {codec.geometry}"
                 )
-        cached = c.pipeline().latents is not None
-        self.adapter = BatchAdapter(
-            self.joint_config,
-            c.flow,
-            text,
-            None if cached else video_codec_from_spec(c.codecs.video, device=device),
-            None if cached else audio_codec_from_spec(c.codecs.audio, device=device),
-            caption=c.text.caption,
-        )
+        self.adapter = self.build_adapter(text, transcript, video_codec, audio_codec)
         self.loss_tracker = LossTracker(TASK_NAMES, device)
         peak = c.monitor.peak_tflops * 1e12 if c.monitor.peak_tflops else self._device_peak(device)
         self.throughput = ThroughputMeter(self.trainer.world_size, c.monitor.window, peak)
+
+    def build_adapter(
+        self,
+        text: TextConditioner | None,
+        transcript: TranscriptTokenizer | None,
+        video_codec: VideoCodec,
+        audio_codec: AudioCodec,
+    ) -> BatchAdapter:
+        """The stage's batch adapter (stages with their own inputs pass more options)."""
+        c = self.config
+        return BatchAdapter(
+            self.joint_config,
+            c.flow,
+            text,
+            video_codec,
+            audio_codec,
+            caption=c.text.caption,
+            transcript=transcript,
+            streams=self.streams,
+        )
 
     def _device_peak(self, device: torch.device) -> float | None:
         if device.type != "cuda":
@@ -177,7 +237,7 @@ class StageModule(L.LightningModule):
         return get_available_flops(device, getattr(torch, self.config.parallel.param_dtype))
 
     def flow_batch(self, batch: Any, generator: torch.Generator) -> FlowBatch:
-        """Data batch -> model inputs and targets. Stages with special inputs override this."""
+        """Data batch -> model inputs and targets (the adapter; its options are the stage's)."""
         return self.adapter(batch, generator, self.trainer.strategy.root_device)
 
     def step_generator(self, batch_idx: int) -> torch.Generator:
@@ -222,9 +282,11 @@ class StageModule(L.LightningModule):
 
     # -- the step ------------------------------------------------------------------------------
     def losses(self, batch: FlowBatch, out: JointOutputs) -> dict[str, Tensor]:
-        """Per-modality flow-matching losses (masked means over samples) and their weighted sum."""
-        video = flow_loss(out.video, batch.target_video, batch.video_loss_mask)
-        audio = flow_loss(out.audio, batch.target_audio, batch.audio_loss_mask)
+        """Per-modality flow-matching losses (masked means over samples) and their weighted sum; a
+        stream that did not run contributes zero."""
+        zero = out.audio.new_zeros(()) if out.audio is not None else out.video.new_zeros(())
+        video = zero if out.video is None else flow_loss(out.video, batch.target_video, batch.video_loss_mask)
+        audio = zero if out.audio is None else flow_loss(out.audio, batch.target_audio, batch.audio_loss_mask)
         total = self.config.loss.video_weight * video + self.config.loss.audio_weight * audio
         return {"video": video, "audio": audio, "total": total}
 
@@ -242,11 +304,10 @@ class StageModule(L.LightningModule):
         fb = self.flow_batch(batch, self.step_generator(batch_idx))
         out = self.model(fb.inputs)
         losses = self.losses(fb, out)
-        mutual = fb.inputs.mutual is None or bool(fb.inputs.mutual.any())
         self.throughput.add_step(
             fb.size,
             fb.tokens(self.joint_config.video.patch_size),
-            forward_flops(self.joint_config, fb.lengths, fb.size, mutual),
+            forward_flops(self.joint_config, fb.lengths, fb.size),
         )
         nonfinite, preempt = self._agree(~torch.isfinite(losses["total"]))
         self.preempt_requested = self.preempt_requested or preempt
@@ -267,12 +328,86 @@ class StageModule(L.LightningModule):
                 )
             return None
         self.nonfinite_in_a_row = 0
-        self.loss_tracker.add("video", out.video, fb.target_video, fb.video_loss_mask, fb.tasks)
-        self.loss_tracker.add("audio", out.audio, fb.target_audio, fb.audio_loss_mask, fb.tasks)
+        for modality in ("video", "audio"):
+            prediction = getattr(out, modality)
+            if prediction is not None:
+                target, mask = getattr(fb, f"target_{modality}"), getattr(fb, f"{modality}_loss_mask")
+                self.loss_tracker.add(modality, prediction, target, mask, fb.tasks)
         self.loss_tracker.add_total(losses["total"])
         self.log("loss_v", losses["video"].detach(), prog_bar=True, logger=False)
         self.log("loss_a", losses["audio"].detach(), prog_bar=True, logger=False)
         return losses["total"]
+
+    # -- validation ----------------------------------------------------------------------------
+    def validation_clip(self, prompt: WorldClip, index: int) -> validation.ValidationClip:
+        """One validation clip from a held-out prompt: T2VA from its caption."""
+        return self.generate(prompt, index)
+
+    def _frames(self) -> int:
+        return self.config.validation.frames or self.world.num_frames
+
+    def _audio_samples(self, frames: int) -> int:
+        return round(frames / self.world.fps * self.world.sample_rate)
+
+    def _velocity(
+        self, caption: str, references: Tensor | None = None, video_condition: Tensor | None = None
+    ):
+        from alive_infer.guidance import Guidance, GuidedVelocity
+
+        text = self.adapter.text
+        unguided = self.config.validation.guidance == "unguided"
+        guidance = Guidance.unguided() if unguided else Guidance()
+        positive = text.encode([caption])
+        negative = None if unguided else text.null(1)
+        return GuidedVelocity(self.model, positive, negative, guidance, video_condition, references)
+
+    @torch.no_grad()
+    def generate(
+        self, prompt: WorldClip, index: int, references: list[np.ndarray] | None = None
+    ) -> validation.ValidationClip:
+        """Sample a clip for ``prompt`` (with reference images when given) and decode it."""
+        from alive_infer.sampling import initial_noise, sample
+
+        v, device = self.config.validation, self.trainer.strategy.root_device
+        frames = self._frames()
+        a = self.adapter
+        t, h, w = a.video_codec.geometry.latent_shape(frames, self.world.height, self.world.width)
+        n = self._audio_samples(frames)
+        generator = torch.Generator().manual_seed(v.seed + index)
+        video = initial_noise((1, self.joint_config.video.latent_channels, t, h, w), generator, device)
+        audio = initial_noise(
+            (1, self.joint_config.audio.in_channels, a.audio_codec.geometry.num_latents(n)), generator, device
+        )
+        refs = None
+        if references:
+            refs = a.encode_references(torch.from_numpy(np.stack(references))[None].to(device))
+        velocity = self._velocity(prompt.caption, refs)
+        video, audio = sample(
+            velocity, video, audio, steps=v.steps, solver=v.solver, shift=self.config.flow.shift
+        )
+        wave = a.audio_codec.decode(audio).float().cpu()[0, 0, :n].numpy()
+        return validation.ValidationClip(
+            index, prompt.caption, validation.uint8_frames(a.video_codec.decode(video)), wave, references
+        )
+
+    def run_validation(self) -> dict[str, float] | None:
+        """Generate, measure and log (every rank calls this at the same step; rank 0 logs)."""
+        if not (self.validates and self.config.validation.enabled):
+            return None
+        v = self.config.validation
+        prompts = validation.prompts(v.num_clips, v.seed, self.world)
+        share = validation.my_share(v.num_clips, self.global_rank, self.trainer.world_size)
+        swap = self.ema.swapped() if v.weights == "ema" and self.ema is not None else contextlib.nullcontext()
+        with swap:
+            made = [self.validation_clip(prompts[i or 0], i or 0) for i in share]
+        clips = validation.gather_clips([clip for clip, i in zip(made, share, strict=True) if i is not None])
+        if not self.trainer.is_global_zero:
+            return None
+        metrics = validation.measure(clips, self.world)
+        if self.logger is not None:
+            validation.log_to_mlflow(self.logger, self.global_step, clips, metrics, self.world)
+        print("validation " + progress_line(self.global_step, metrics), flush=True)
+        return metrics
 
     # -- logging -------------------------------------------------------------------------------
     def on_train_start(self) -> None:
@@ -340,6 +475,7 @@ class StageModule(L.LightningModule):
             "step": self.global_step,
             "model_config": self.joint_config.to_dict(),
             "ema": self.ema is not None,
+            "pipeline": dataclasses.asdict(pipeline_parts(self.config)),
             **self.run_info,
         }
 
@@ -365,38 +501,132 @@ def progress_line(step: int, metrics: dict[str, float]) -> str:
         parts.append(f"{metrics['throughput/samples_per_sec']:.2f} samples/s")
     if "throughput/mfu" in metrics:
         parts.append(f"MFU {100 * metrics['throughput/mfu']:.1f}%")
+    for key in ("val/av_offset_ms", "val/transcript_cer", "val/psnr_refined", "val/psnr_upsampled"):
+        if key in metrics:
+            parts.append(f"{key[4:]} {metrics[key]:.3g}")
     return "  ".join(parts)
+
+
+class T2AStage(StageModule):
+    """T2A stages I and II (seed 000 §4.1; seed 004 §4.5): the audio tower alone through the joint
+    model's one-stream forward (``JointInputs.video`` None: the video tower and the fusion do not run),
+    only audio parameters trainable; weights keep the joint model's ``audio.`` names, so the export
+    loads straight into the joint stage."""
+
+    streams = "audio"
+    validates = False  # the world's metrics need pictures
+
+    def check_trainable(self) -> None:
+        outside = self._trainable_outside(("audio.",))
+        if outside:
+            raise ConfigError(
+                f"T2A trains the audio tower alone (seed 004 §4.5); {len(outside)} trainable parameters "
+                f"outside audio., e.g. {outside[:3]}: freeze them (lr: null or optim.unmatched=frozen)"
+            )
 
 
 class JointStage(StageModule):
     """T2VA joint training, and by config T2VA + I2VA, CT and SFT (seed 000 Table 2): the base as it is."""
 
 
-class _NotYet(StageModule):
-    reason = ""
+class ReferenceStage(StageModule):
+    """Reference joint tuning (seed 000 §4.1 RJT, §5.1): reference images, encoded by the video codec
+    at the clip's resolution, go in as reference tokens (Ref-Temporal PE offset, eq. 8; the adapter).
+    Dual CFG (eq. 9) needs three states trained: (text, references) from r2va samples, (text, no
+    references) from pair samples drawn as t2va (reference dropout: ``1 - tasks.reference_prob``) and
+    from the SFT data, (no text, no references) from caption dropout; this stage refuses data configs
+    that lack one. Validation generates R2VA clips from the world's reference images."""
 
     def __init__(self, config: StageConfig, resuming: bool = False) -> None:
-        raise NotImplementedError(f"stage module {config.module!r}: {self.reason}")
+        tasks = config.data.pipeline.get("tasks", {})
+        buckets = config.data.pipeline.get("buckets", {})
+        p_ref = tasks.get("reference_prob", 0.0)
+        if not 0 < p_ref < 1 or tasks.get("caption_dropout", 0.1) <= 0:
+            raise ConfigError(
+                "reference stage: data.pipeline.tasks needs 0 < reference_prob < 1 (reference dropout: the "
+                "null-reference state of eq. 9) and caption_dropout > 0 (its null-text state); got "
+                f"reference_prob={p_ref}, caption_dropout={tasks.get('caption_dropout', 0.1)}"
+            )
+        if buckets.get("batch_size", 1) > 1 and not buckets.get("by_reference_count", False):
+            raise ConfigError(
+                "reference stage: with batch_size > 1 set data.pipeline.buckets.by_reference_count=true, so "
+                "a batch never mixes reference counts (JointInputs has no per-slot reference mask)"
+            )
+        super().__init__(config, resuming)
+
+    def validation_clip(self, prompt: WorldClip, index: int) -> validation.ValidationClip:
+        return self.generate(prompt, index, references=prompt.references)
 
 
-class T2AStage(_NotYet):
-    reason = "needs the audio-only forward of JointAVDiT (JointInputs.video=None), not available yet"
+class RefinerStage(StageModule):
+    """The 1080p audio-video refiner (seed 000 §2.2): the adapter's refiner flow (degrade, upsample,
+    encode, noise to t0; see ``alive_train.adapter``), clean audio at t = 0 through a frozen AudioDiT and
+    its cross-attention, video loss only. Validation refines the world's high-resolution clips
+    degraded the same way and measures them against the truth."""
 
+    def check_trainable(self) -> None:
+        frozen = ("audio.", "fusion.audio_from_video.", "fusion.audio_time_mod.")
+        trainable = [canonical_name(n) for n, p in self.model.named_parameters() if p.requires_grad]
+        wrong = [n for n in trainable if n.startswith(frozen)]
+        if wrong:
+            raise ConfigError(
+                f"the refiner keeps the AudioDiT and its cross-attention frozen (seed 000 §2.2); "
+                f"{len(wrong)} of their parameters would train, e.g. {wrong[:3]}"
+            )
 
-class ReferenceStage(_NotYet):
-    reason = "needs reference batches and reference dropout in the batch adapter, not available yet"
+    def build_adapter(self, text, transcript, video_codec, audio_codec) -> BatchAdapter:
+        r = self.config.refiner
+        c = self.config
+        return BatchAdapter(
+            self.joint_config,
+            c.flow,
+            text,
+            video_codec,
+            audio_codec,
+            caption=c.text.caption,
+            transcript=transcript,
+            refiner=RefinerFlow(r.t_start, r.degrade_factor),
+        )
 
+    @torch.no_grad()
+    def validation_clip(self, prompt: WorldClip, index: int) -> validation.ValidationClip:
+        from alive_infer.sampling import initial_noise, sample
 
-class RefinerStage(_NotYet):
-    reason = (
-        "needs the clean-stream inputs (audio at t=0, detached) and the degrade/upsample path, "
-        "not available yet"
-    )
+        v, r, a = self.config.validation, self.config.refiner, self.adapter
+        device = self.trainer.strategy.root_device
+        frames, n = self._frames(), self._audio_samples(self._frames())
+        truth = prompt.hires_frames[:frames]
+        upsampled = degrade_and_upsample(
+            to_pixels(torch.from_numpy(truth)[None].to(device)), r.degrade_factor
+        )
+        generator = torch.Generator().manual_seed(v.seed + index)
+        z_up = a.encode_video(upsampled)
+        source = refiner_source(z_up, initial_noise(z_up.shape, generator, device), r.t_start)
+        wave = prompt.audio[:n]
+        audio = a.audio_codec.encode(torch.from_numpy(wave)[None, None].to(device)).float()
+        video, _ = sample(
+            self._velocity(prompt.caption),
+            source,
+            audio,
+            steps=v.steps,
+            solver=v.solver,
+            shift=self.config.flow.shift,
+            t_start=r.t_start,
+            clean_audio=True,
+        )
+        return validation.ValidationClip(
+            index,
+            prompt.caption,
+            validation.uint8_frames(a.video_codec.decode(video)),
+            wave,
+            truth=truth,
+            upsampled=validation.uint8_frames(upsampled),
+        )
 
 
 STAGES: dict[str, type[StageModule]] = {
-    "joint": JointStage,
     "t2a": T2AStage,
+    "joint": JointStage,
     "reference": ReferenceStage,
     "refiner": RefinerStage,
 }

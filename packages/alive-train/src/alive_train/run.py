@@ -14,12 +14,12 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
-from alive_train.callbacks import Checkpointing
+from alive_train.callbacks import Checkpointing, Validation
 from alive_train.checkpoint import is_complete, latest_checkpoint
 from alive_train.config import ConfigError, StageConfig, to_yaml
 from alive_train.data import StageDataModule
 from alive_train.export import export_checkpoint
-from alive_train.module import StageModule, build_stage
+from alive_train.module import STAGES, StageModule, build_stage, pipeline_parts
 from alive_train.param_groups import ParamGroupError, format_table, resolve_param_groups, table_records
 from alive_train.strategy import AliveStrategy
 from alive_train.tracking import (
@@ -60,7 +60,11 @@ def resume_point(config: StageConfig) -> Path | None:
 
 
 def build_trainer(config: StageConfig, checkpointing: Checkpointing) -> L.Trainer:
-    callbacks = [checkpointing]
+    callbacks: list = []
+    v = config.validation
+    if v.enabled and STAGES[config.module].validates:  # before the saves: a checkpoint follows it
+        callbacks.append(Validation(v.every_n_steps, v.at_end))
+    callbacks.append(checkpointing)
     if config.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     trainer = L.Trainer(
@@ -124,7 +128,11 @@ def fit(config: StageConfig) -> FitResult:
         and checkpointing.last_saved is not None
     ):
         export_checkpoint(
-            checkpointing.last_saved, config.export.dir, config.export.weights, config.export.dtype
+            checkpointing.last_saved,
+            config.export.dir,
+            config.export.weights,
+            config.export.dtype,
+            pipeline_parts(config),
         )
         export_dir = Path(config.export.dir)
         print(f"exported {checkpointing.last_saved} ({config.export.weights}) to {export_dir}", flush=True)

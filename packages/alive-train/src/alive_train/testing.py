@@ -1,6 +1,7 @@
 """Tiny real training setups for tests, benchmarks and the demo: shards written by alive-data (PyAV
-mp4 + cached latents of the deterministic codecs), tiny Hugging Face caption encoders, and a joint
-stage config that trains the tiny model on them on CPU in seconds."""
+mp4 + cached latents of the deterministic codecs; clips of the synthetic world with their reference
+images and high-resolution versions), tiny Hugging Face caption encoders, and stage configs that
+train the tiny model on them on CPU in seconds."""
 
 from __future__ import annotations
 
@@ -28,21 +29,53 @@ TINY_MODEL: dict[str, Any] = {
         },
     },
 }
+CODEC = "deterministic"
+
+
+def data_format() -> dict[str, Any]:
+    """The pipeline's ``format`` for the deterministic codecs at 24 fps."""
+    from alive_data.avformat import AVFormat
+    from alive_models.codecs import audio_codec_from_spec, video_codec_from_spec
+
+    return AVFormat.from_codecs(24, video_codec_from_spec(CODEC), audio_codec_from_spec(CODEC)).to_dict()
 
 
 def write_test_data(root: Path, clips: int = 12) -> tuple[Path, tuple[Path, Path]]:
-    """Clips (1.2 s at 24/30/25 fps, three aspect ratios), two per shard with media and cached latents,
-    and the tiny T5/Qwen encoders. Returns (shard directory, (t5 dir, qwen dir))."""
+    """Clips (1.2 s at 24/30/25 fps, three aspect ratios), two per shard with media, cached latents
+    and cached caption encodings, and the tiny T5/Qwen encoders. Returns (shard directory, (t5 dir,
+    qwen dir))."""
     from alive_data.synthetic import make_clips
     from alive_data.writer import WriteOptions, write_shards
     from alive_models.testing import save_tiny_text_models
 
+    text = save_tiny_text_models(root / "text")
     items = make_clips(root / "clips", clips)
-    options = WriteOptions(video_codec="deterministic", audio_codec="deterministic")
+    options = WriteOptions(video_codec=CODEC, audio_codec=CODEC, text_encoders=tuple(map(str, text)))
     report = write_shards(items, root / "shards", options, shard_samples=2, workers=0, progress=False)
     if report.written != clips:
         raise RuntimeError(f"wrote {report.written} of {clips} test clips: {dict(report.skipped)}")
-    return root / "shards", save_tiny_text_models(root / "text")
+    return root / "shards", text
+
+
+def write_world_data(
+    root: Path, clips: int, seed: int = 0, hires: bool = False, latents: bool = True
+) -> Path:
+    """Shards of the synthetic world (``alive_data.world``: captions, reference images; ``hires``: the
+    4x high-resolution clips, the refiner's data) with cached latents unless ``latents`` is False."""
+    from alive_data.discovery import scan_folder
+    from alive_data.world import write_source_folder
+    from alive_data.world.generate import LABELS_FILE
+    from alive_data.writer import WriteOptions, write_shards
+
+    source = root / "source"
+    write_source_folder(source, clips, seed, hires=hires)
+    codecs = {"video_codec": CODEC, "audio_codec": CODEC} if latents else {}
+    options = WriteOptions(label_table=str(source / LABELS_FILE), **codecs)
+    found = scan_folder(source)
+    report = write_shards(found.items, root / "shards", options, shard_samples=2, workers=0, progress=False)
+    if report.written != clips:
+        raise RuntimeError(f"wrote {report.written} of {clips} world clips: {dict(report.skipped)}")
+    return root / "shards"
 
 
 def stage_dict(
@@ -56,19 +89,18 @@ def stage_dict(
         "model": copy.deepcopy(TINY_MODEL),
         "init_from": [],
         "text": {"t5": str(t5), "qwen": str(qwen), "dtype": "float32"},
-        "codecs": {"video": "deterministic", "audio": "deterministic"},
+        "codecs": {"video": CODEC, "audio": CODEC},
         "data": {
             "num_workers": 0,
             "volume": None,
             "pipeline": {
                 "sources": [{"name": "test", "urls": str(shards)}],
+                "format": data_format(),
                 "filter": {"preset": None, "rules": []},
                 "shuffle_buffer": 4,
-                "latents": {"video": "deterministic", "audio": "deterministic"},
+                "latents": {"video": CODEC, "audio": CODEC},
                 "buckets": {"batch_size": 2, "latent_frames": [7]},
-                # Mutual on for every sample: a rank whose whole batch is "indep" skips the fusion's
-                # all-gathers today (being fixed in alive-models).
-                "tasks": {"i2va_prob": 0.0, "caption_dropout": 0.0, "mutual_dropout": 0.0},
+                "tasks": {"i2va_prob": 0.0, "caption_dropout": 0.0, "mutual_dropout": 0.3},
             },
         },
         "schedule": {"max_steps": 4, "epochs": None},
