@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from alive_train.testing import TINY_MODEL, write_stage, write_test_data
+from alive_train.testing import TINY_MODEL, write_stage, write_test_data, write_world_data
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +27,12 @@ def text_models(test_data) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
+def world_shards(tmp_path_factory) -> Path:
+    """8 clips of the synthetic world (captions, reference images) with media and cached latents."""
+    return write_world_data(tmp_path_factory.mktemp("world"), 8)
+
+
+@pytest.fixture(scope="session")
 def model_spec() -> dict:
     """The ``model`` section of the test stages (the tiny preset on the deterministic codecs)."""
     return TINY_MODEL
@@ -42,9 +48,9 @@ def tracking_uri(tmp_path_factory) -> str:
 def write_stage_at(shards, text_models, tracking_uri):
     """``write_stage_at(path, **sections)``: a test stage YAML at ``path`` (run and exports beside it)."""
 
-    def build(path: Path, **sections) -> Path:
+    def build(path: Path, inherit: tuple[str, ...] = (), **sections) -> Path:
         sections.setdefault("tracking", {"uri": tracking_uri})
-        return write_stage(path, shards, text_models, **sections)
+        return write_stage(path, shards, text_models, inherit, **sections)
 
     return build
 

@@ -79,10 +79,11 @@ def write_world_data(
 
 
 def stage_dict(
-    shards: Path, text_models: tuple[Path, Path], run_root: Path, **sections: Any
+    shards: Path, text_models: tuple[Path, Path], run_root: Path, inherit: tuple[str, ...] = (), **sections: Any
 ) -> dict[str, Any]:
     """A joint-stage config over ``shards`` on one CPU process; ``sections`` update top-level keys
-    (dicts are merged one level deep, other values replace)."""
+    (dicts are merged one level deep, other values replace); top-level keys in ``inherit`` are left
+    to the base config (e.g. ``init_from`` of a shipped stage)."""
     t5, qwen = text_models
     config: dict[str, Any] = {
         "base": "joint",
@@ -118,11 +119,16 @@ def stage_dict(
             config[key] = {**config[key], **value}
         else:
             config[key] = value
+    for key in inherit:
+        config.pop(key, None)
     return config
 
 
-def write_stage(path: Path, shards: Path, text_models: tuple[Path, Path], **sections: Any) -> Path:
+def write_stage(
+    path: Path, shards: Path, text_models: tuple[Path, Path], inherit: tuple[str, ...] = (), **sections: Any
+) -> Path:
     """:func:`stage_dict` written as YAML at ``path`` (run and exports beside it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(stage_dict(shards, text_models, path.parent, **sections), sort_keys=False))
+    config = stage_dict(shards, text_models, path.parent, inherit, **sections)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
