@@ -26,7 +26,9 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
-from alive_data.pipeline import AVStream, ResumableLoader
+from alive_data.batch import AVBatch
+from alive_data.loader import ResumableLoader
+from alive_data.stream import AVStream
 from alive_models import build_model
 from alive_models.flow import flow_loss
 from alive_train.callbacks import Checkpointing
@@ -70,7 +72,7 @@ class StepTimes(Callback):
 class OneBatch(L.LightningDataModule):
     """The same real batch, forever (the loader is measured on its own, in part 2)."""
 
-    def __init__(self, batch: dict) -> None:
+    def __init__(self, batch: AVBatch) -> None:
         super().__init__()
         self.batch = batch
 
@@ -82,7 +84,7 @@ class OneBatch(L.LightningDataModule):
         return forever()
 
 
-def stage_steps(config, batch: dict, steps: int, warmup: int) -> tuple[list[float], object]:
+def stage_steps(config, batch: AVBatch, steps: int, warmup: int) -> tuple[list[float], object]:
     timer = StepTimes()
     trainer = build_trainer(config, Checkpointing(config.checkpoint.dir, 10**9, 1))
     trainer.callbacks.append(timer)
@@ -93,7 +95,7 @@ def stage_steps(config, batch: dict, steps: int, warmup: int) -> tuple[list[floa
     return timer.steps(warmup), module
 
 
-def plain_steps(module, model, batch: dict, steps: int, warmup: int) -> list[float]:
+def plain_steps(module, model, batch: AVBatch, steps: int, warmup: int) -> list[float]:
     """The loop one would write by hand: same adapter, losses, clipping, AdamW and EMA."""
     config = module.config
     groups = resolve_param_groups(model, config.optim)
@@ -130,7 +132,7 @@ def loader_rate(config, workers: int, batches: int) -> float:
         if start is None:  # the first batch pays for worker start-up
             start = time.perf_counter()
             continue
-        seen += len(batch["keys"])
+        seen += batch.batch_size
     return seen / (time.perf_counter() - start)
 
 
@@ -170,7 +172,7 @@ def main() -> None:
         ratios.append(statistics.median(times) / statistics.median(plain_times))
     s, p, u = (statistics.median(x) for x in (stage, plain, unwrapped))
     params = sum(t.numel() for t in module.model.parameters())
-    print(f"model: {params:,} parameters, batch {len(batch['keys'])}")
+    print(f"model: {params:,} parameters, batch {batch.batch_size}")
     print(
         f"step time, median of {len(stage)} steps in {args.rounds} alternating rounds after a warm-up round:"
     )
@@ -181,7 +183,7 @@ def main() -> None:
     print(f"framework overhead (stage / plain, same model): {overhead}")
     print(f"  per round: {', '.join(f'{r:.3f}' for r in ratios)}")
     print(f"FSDP2 on one rank (plain FSDP2 / plain unwrapped): {p / u:.3f}")
-    consumed = len(batch["keys"]) / s
+    consumed = batch.batch_size / s
     print(f"model consumes {consumed:.2f} samples/s")
     for workers in args.workers:
         rate = loader_rate(config, workers, batches=20)

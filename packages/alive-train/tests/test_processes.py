@@ -116,3 +116,74 @@ def test_sigusr1_saves_at_a_step_boundary_exits_and_the_next_launch_resumes(tmp_
     run_info = MlflowClient(read_info(saved)["mlflow"]["uri"]).get_run(run_id)
     assert run_info.info.status == "FINISHED"
     assert sorted(losses(read_info(saved)["mlflow"]["uri"], run_id)) == list(range(1, step + 3))
+
+
+def _keys_with_mutual(on: bool, count: int, epochs: int) -> list[str]:
+    """Sample keys whose mutual-dropout draw (p = 0.3, pipeline seed 0) is ``on`` in every epoch."""
+    from alive_data.tasks import uniform
+
+    keys = []
+    for n in range(100_000):
+        key = f"mut{n:05d}"
+        if all((uniform(0, e, key, "mutual") >= 0.3) == on for e in range(epochs)):
+            keys.append(key)
+            if len(keys) == count:
+                return keys
+    raise AssertionError("no such keys")
+
+
+def _rekeyed_shards(shards: Path, out: Path, epochs: int) -> None:
+    """Two shards of two same-shaped samples each: in shard 0 every sample is "indep" (mutual off) in
+    every epoch, in shard 1 every sample has the exchange on. Each rank reads one shard per epoch."""
+    import webdataset as wds
+
+    samples = {
+        s["__key__"]: s
+        for tar in sorted(shards.glob("*.tar"))
+        for s in wds.WebDataset(str(tar), shardshuffle=False)
+    }
+    same_shape = [samples[k] for k in ("clip000", "clip003", "clip006", "clip009")]  # all 48x64
+    keys = _keys_with_mutual(False, 2, epochs) + _keys_with_mutual(True, 2, epochs)
+    out.mkdir()
+    for shard in range(2):
+        with wds.TarWriter(str(out / f"shard-{shard:06d}.tar")) as sink:
+            for i in (2 * shard, 2 * shard + 1):
+                members = {k: v for k, v in same_shape[i].items() if not k.startswith("__")}
+                sink.write({"__key__": keys[i], **members})
+
+
+def test_two_ranks_one_all_indep_the_other_all_mutual(tmp_path, write_stage_at, shards, model_spec):
+    from alive_data.loader import ResumableLoader
+    from alive_data.stream import AVStream
+    from alive_models import build_model
+    from alive_train.config import ModelConfig, load_config
+    from alive_train.module import joint_config
+
+    steps = 3
+    _rekeyed_shards(shards, tmp_path / "shards", epochs=steps)
+    config = write_stage_at(
+        tmp_path / "stage.yaml",
+        trainer={"accelerator": "cpu", "devices": 2, "log_every_n_steps": 1, "progress_bar": False},
+        checkpoint={"every_n_steps": steps, "keep_last": 1},
+    )
+    config.write_text(config.read_text().replace(str(shards), str(tmp_path / "shards")))
+    # What each rank trains on: one batch per epoch, all "indep" on one rank and all mutual on the other.
+    pipeline = load_config(config).pipeline()
+    assert pipeline.tasks.mutual_dropout == 0.3
+    flags = []
+    for rank in range(2):
+        loader = ResumableLoader(AVStream(pipeline, rank=rank, world_size=2), num_workers=0)
+        flags.append([batch.mutual.tolist() for _ in range(steps) for batch in loader])
+    assert all(sorted([a, b]) == [[False, False], [True, True]] for a, b in zip(*flags, strict=True))
+
+    out = run(config, f"schedule.max_steps={steps}", timeout=300)  # no rank waits in a collective alone
+    assert "steps: 3 on 2 rank(s)" in out
+    ckpt = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    info = read_info(ckpt)
+    assert all(
+        torch.isfinite(torch.tensor(list(losses(info["mlflow"]["uri"], info["mlflow"]["run_id"]).values())))
+    )
+    trained = load_weights(ckpt, "model")
+    initial = build_model(joint_config(ModelConfig(**model_spec)), seed=0).state_dict()
+    fusion = [k for k in initial if k.startswith("fusion.")]
+    assert any(not torch.equal(trained[k], initial[k]) for k in fusion)  # the mutual rank's gradients arrived

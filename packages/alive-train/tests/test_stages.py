@@ -114,7 +114,9 @@ def test_every_stage_trains_with_finite_losses_and_exports(chain):
     results, exports = chain
     for stage, result in results.items():
         losses = metric(result.run, "loss/total")
-        assert sorted(losses) == list(range(1, result.trainer.global_step + 1)) and len(losses) >= STEPS, stage
+        assert sorted(losses) == list(range(1, result.trainer.global_step + 1)) and len(losses) >= STEPS, (
+            stage
+        )
         assert all(math.isfinite(v) for v in losses.values()), stage
         assert (exports / stage / "model.safetensors").is_file(), stage
         JointAVDiT.from_pretrained(exports / stage)  # strict: every weight, the joint model's names

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
@@ -18,7 +19,7 @@ from alive_train.callbacks import Checkpointing, Validation
 from alive_train.checkpoint import is_complete, latest_checkpoint
 from alive_train.config import ConfigError, StageConfig, to_yaml
 from alive_train.data import StageDataModule
-from alive_train.export import export_checkpoint
+from alive_train.export import export_model, lineage_of
 from alive_train.module import STAGES, StageModule, build_stage, pipeline_parts
 from alive_train.param_groups import ParamGroupError, format_table, resolve_param_groups, table_records
 from alive_train.strategy import AliveStrategy
@@ -91,6 +92,29 @@ def build_trainer(config: StageConfig, checkpointing: Checkpointing) -> L.Traine
     return trainer
 
 
+def export_trained(module: StageModule, config: StageConfig, checkpoint: Path) -> Path:
+    """Export the trained (sharded) model as it is after the final save: every rank calls this."""
+    import contextlib
+
+    from alive_train.checkpoint import read_info
+
+    weights = config.export.weights
+    if weights == "ema" and module.ema is None:
+        raise ConfigError("export.weights=ema but the run has no EMA (ema.enabled=false): export the model")
+    info = read_info(checkpoint) if rank_zero_only.rank == 0 else {}
+    lineage = lineage_of(info, checkpoint.resolve(), weights, config.export.dtype)
+    swap = module.ema.swapped() if weights == "ema" else contextlib.nullcontext()
+    with swap:
+        export_model(
+            module.model,
+            config.export.dir,
+            lineage,
+            pipeline_parts(config),
+            getattr(torch, config.export.dtype),
+        )
+    return Path(config.export.dir)
+
+
 def fit(config: StageConfig) -> FitResult:
     """Train ``config``'s stage: resume if the run has a checkpoint, export when it completes."""
     rank = rank_zero_only.rank  # from the launcher's environment (RANK, LOCAL_RANK, SLURM_PROCID)
@@ -121,19 +145,10 @@ def fit(config: StageConfig) -> FitResult:
             print(f"resuming from {resume}", flush=True)
     trainer.fit(module, datamodule=StageDataModule(config), ckpt_path=resume)
     export_dir = None
-    if (
-        not module.preempted
-        and rank == 0
-        and config.export.on_finish
-        and checkpointing.last_saved is not None
-    ):
-        export_checkpoint(
-            checkpointing.last_saved,
-            config.export.dir,
-            config.export.weights,
-            config.export.dtype,
-            pipeline_parts(config),
-        )
-        export_dir = Path(config.export.dir)
-        print(f"exported {checkpointing.last_saved} ({config.export.weights}) to {export_dir}", flush=True)
+    if not module.preempted and config.export.on_finish and checkpointing.last_saved is not None:
+        export_dir = export_trained(module, config, checkpointing.last_saved)
+        if rank == 0:
+            print(
+                f"exported {checkpointing.last_saved} ({config.export.weights}) to {export_dir}", flush=True
+            )
     return FitResult(module, trainer, run, resume, checkpointing.last_saved, export_dir, module.preempted)

@@ -79,7 +79,11 @@ def write_world_data(
 
 
 def stage_dict(
-    shards: Path, text_models: tuple[Path, Path], run_root: Path, inherit: tuple[str, ...] = (), **sections: Any
+    shards: Path,
+    text_models: tuple[Path, Path],
+    run_root: Path,
+    inherit: tuple[str, ...] = (),
+    **sections: Any,
 ) -> dict[str, Any]:
     """A joint-stage config over ``shards`` on one CPU process; ``sections`` update top-level keys
     (dicts are merged one level deep, other values replace); top-level keys in ``inherit`` are left
