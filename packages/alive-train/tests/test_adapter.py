@@ -161,14 +161,25 @@ def test_transcript_only_keeps_speech_tokens_and_drops_the_caption(shards, confi
     assert [bool(m.any()) for m in tts.inputs.transcript_mask] == [bool(t) for t in batch.transcripts]
 
 
-def test_cached_caption_encodings_give_the_online_inputs(shards, config, text):
+def test_cached_caption_encodings_give_the_online_inputs_and_loss(shards, config, text):
+    from alive_models.flow import flow_loss
+
+    model = build_model(config, seed=0)
     online_batch = batches(shards, caption_dropout=0.5)
     cached_batch = batches(shards, text=True, caption_dropout=0.5)
     for a, b in zip(online_batch, cached_batch, strict=True):
         assert a.captions == b.captions and b.text_embeddings is not None
-        online = adapter(config, text)(a, gen(0), "cpu").inputs
+        online_fb = adapter(config, text)(a, gen(0), "cpu")
         transcript_only = BatchAdapter(config, FlowConfig(), None, transcript=text.transcript)
-        cached = transcript_only(b, gen(0), "cpu").inputs
+        cached_fb = transcript_only(b, gen(0), "cpu")
+        online, cached = online_fb.inputs, cached_fb.inputs
+        with torch.no_grad():
+            losses = [
+                flow_loss(model(fb.inputs).video, fb.target_video)
+                + flow_loss(model(fb.inputs).audio, fb.target_audio)
+                for fb in (online_fb, cached_fb)
+            ]
+        torch.testing.assert_close(losses[0], losses[1], rtol=1e-4, atol=0)  # the same loss
         pairs = zip(
             [*online.video_texts, online.audio_caption],
             [*cached.video_texts, cached.audio_caption],
@@ -260,3 +271,17 @@ def test_mismatches_are_clear_errors(shards, config, text):
         BatchAdapter(small, FlowConfig(), text)(batch, gen(0), "cpu")
     with pytest.raises(ValueError, match="no caption encoders"):
         BatchAdapter(config, FlowConfig(), None)(batch, gen(0), "cpu")
+
+
+def test_every_load_of_the_caption_encoders_encodes_the_same(text_models, text):
+    """The <W>/<I> tags added to the Qwen vocabulary get the same embeddings on every load (every
+    rank, every resumed run, training and inference): no seeding needed around the load."""
+    caption = (
+        "Subjects: Subject1: A red circle. Visual: A room. Narration: Subject1 says <W>dog sun</W>. "
+        "A <I>knock</I> sounds."
+    )
+    torch.manual_seed(12345)  # a different global random state than the fixture's load saw
+    again = TextConditioner.from_pretrained(*text_models, dtype=torch.float32)
+    a, b = text.encode([caption]), again.encode([caption])
+    assert all(torch.equal(x, y) for x, y in zip(a.video_texts, b.video_texts, strict=True))
+    assert torch.equal(a.audio_caption, b.audio_caption)

@@ -1,9 +1,11 @@
 """Real launches of ``alive-train fit``: two processes (Lightning spawns the second; FSDP2 over gloo)
-that train, checkpoint and resume exactly, and a SIGUSR1 mid-run that saves, exits and resumes."""
+that train (one rank all "indep", the other all mutual), checkpoint and resume exactly, and a SIGUSR1
+mid-run that saves, exits and resumes."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -56,17 +58,39 @@ def losses(uri: str, run_id: str) -> dict[int, float]:
     return {m.step: m.value for m in MlflowClient(uri).get_metric_history(run_id, "loss/total")}
 
 
-def test_two_processes_train_checkpoint_and_resume_exactly(tmp_path, write_stage_at):
+def test_two_processes_train_checkpoint_and_resume_exactly(tmp_path, write_stage_at, shards, model_spec):
+    """Two ranks, where every batch of one is all "indep" (mutual dropout) and every batch of the other
+    has the exchange on: they train together (no rank waits alone in the fusion's collectives), and a
+    run stopped at step 3 and resumed gives the weights and losses of an uninterrupted one, bitwise.
+    Each rank reads one batch per epoch here, so every step also crosses an epoch boundary."""
+    from alive_data.loader import ResumableLoader
+    from alive_data.stream import AVStream
+    from alive_models import build_model
+    from alive_train.config import ModelConfig, load_config
+    from alive_train.module import joint_config
+
+    steps = 4
+    _rekeyed_shards(shards, tmp_path / "shards", epochs=steps)
     sections = {
         "trainer": {"accelerator": "cpu", "devices": 2, "log_every_n_steps": 1, "progress_bar": False},
         "checkpoint": {"every_n_steps": 2, "keep_last": 5},
     }
     whole = write_stage_at(tmp_path / "whole" / "stage.yaml", **sections)
     split = write_stage_at(tmp_path / "split" / "stage.yaml", **sections)
-    out = run(whole, "schedule.max_steps=4")
-    assert "steps: 4 on 2 rank(s)" in out
+    for config in (whole, split):
+        config.write_text(config.read_text().replace(str(shards), str(tmp_path / "shards")))
+    pipeline = load_config(whole).pipeline()
+    assert pipeline.tasks.mutual_dropout == 0.3
+    flags = []  # what each rank trains on, step by step
+    for rank in range(2):
+        loader = ResumableLoader(AVStream(pipeline, rank=rank, world_size=2), num_workers=0)
+        flags.append([batch.mutual.tolist() for _ in range(steps) for batch in loader])
+    assert all(sorted([a, b]) == [[False, False], [True, True]] for a, b in zip(*flags, strict=True))
+
+    out = run(whole, f"schedule.max_steps={steps}")
+    assert f"steps: {steps} on 2 rank(s)" in out
     run(split, "schedule.max_steps=3")
-    out = run(split, "schedule.max_steps=4")
+    out = run(split, f"schedule.max_steps={steps}")
     assert "resuming from" in out and "step-000000003" in out
     ckpt_whole = latest_checkpoint(tmp_path / "whole" / "run" / "checkpoints")
     ckpt_split = latest_checkpoint(tmp_path / "split" / "run" / "checkpoints")
@@ -77,10 +101,18 @@ def test_two_processes_train_checkpoint_and_resume_exactly(tmp_path, write_stage
         a, b = load_weights(ckpt_whole, weights), load_weights(ckpt_split, weights)
         assert all(torch.equal(a[k], b[k]) for k in a), weights
     whole_run, split_run = read_info(ckpt_whole)["mlflow"], info["mlflow"]
-    assert losses(whole_run["uri"], whole_run["run_id"]) == losses(split_run["uri"], split_run["run_id"])
+    whole_losses = losses(whole_run["uri"], whole_run["run_id"])
+    assert whole_losses == losses(split_run["uri"], split_run["run_id"])
+    assert sorted(whole_losses) == list(range(1, steps + 1)) and all(
+        map(math.isfinite, whole_losses.values())
+    )
     meta = torch.load(ckpt_split / "meta.pt", weights_only=True)
     positions = meta["StageDataModule"]["positions"]
     assert len(positions) == 2 and positions[0] != positions[1]  # every rank's own data position
+    trained = load_weights(ckpt_whole, "model")
+    initial = build_model(joint_config(ModelConfig(**model_spec)), seed=0).state_dict()
+    fusion = [k for k in initial if k.startswith("fusion.")]
+    assert any(not torch.equal(trained[k], initial[k]) for k in fusion)  # the mutual rank's gradients arrived
 
 
 def test_sigusr1_saves_at_a_step_boundary_exits_and_the_next_launch_resumes(tmp_path, write_stage_at):
@@ -150,40 +182,3 @@ def _rekeyed_shards(shards: Path, out: Path, epochs: int) -> None:
             for i in (2 * shard, 2 * shard + 1):
                 members = {k: v for k, v in same_shape[i].items() if not k.startswith("__")}
                 sink.write({"__key__": keys[i], **members})
-
-
-def test_two_ranks_one_all_indep_the_other_all_mutual(tmp_path, write_stage_at, shards, model_spec):
-    from alive_data.loader import ResumableLoader
-    from alive_data.stream import AVStream
-    from alive_models import build_model
-    from alive_train.config import ModelConfig, load_config
-    from alive_train.module import joint_config
-
-    steps = 3
-    _rekeyed_shards(shards, tmp_path / "shards", epochs=steps)
-    config = write_stage_at(
-        tmp_path / "stage.yaml",
-        trainer={"accelerator": "cpu", "devices": 2, "log_every_n_steps": 1, "progress_bar": False},
-        checkpoint={"every_n_steps": steps, "keep_last": 1},
-    )
-    config.write_text(config.read_text().replace(str(shards), str(tmp_path / "shards")))
-    # What each rank trains on: one batch per epoch, all "indep" on one rank and all mutual on the other.
-    pipeline = load_config(config).pipeline()
-    assert pipeline.tasks.mutual_dropout == 0.3
-    flags = []
-    for rank in range(2):
-        loader = ResumableLoader(AVStream(pipeline, rank=rank, world_size=2), num_workers=0)
-        flags.append([batch.mutual.tolist() for _ in range(steps) for batch in loader])
-    assert all(sorted([a, b]) == [[False, False], [True, True]] for a, b in zip(*flags, strict=True))
-
-    out = run(config, f"schedule.max_steps={steps}", timeout=300)  # no rank waits in a collective alone
-    assert "steps: 3 on 2 rank(s)" in out
-    ckpt = latest_checkpoint(tmp_path / "run" / "checkpoints")
-    info = read_info(ckpt)
-    assert all(
-        torch.isfinite(torch.tensor(list(losses(info["mlflow"]["uri"], info["mlflow"]["run_id"]).values())))
-    )
-    trained = load_weights(ckpt, "model")
-    initial = build_model(joint_config(ModelConfig(**model_spec)), seed=0).state_dict()
-    fusion = [k for k in initial if k.startswith("fusion.")]
-    assert any(not torch.equal(trained[k], initial[k]) for k in fusion)  # the mutual rank's gradients arrived

@@ -349,17 +349,15 @@ class StageModule(L.LightningModule):
     def _audio_samples(self, frames: int) -> int:
         return round(frames / self.world.fps * self.world.sample_rate)
 
-    def _velocity(
-        self, caption: str, references: Tensor | None = None, video_condition: Tensor | None = None
-    ):
+    def _velocity(self, caption: str, references: Tensor | None = None):
+        """The sampler's velocity for one caption (``validation.guidance``), on the training model."""
         from alive_infer.guidance import Guidance, GuidedVelocity
 
         text = self.adapter.text
         unguided = self.config.validation.guidance == "unguided"
         guidance = Guidance.unguided() if unguided else Guidance()
-        positive = text.encode([caption])
         negative = None if unguided else text.null(1)
-        return GuidedVelocity(self.model, positive, negative, guidance, video_condition, references)
+        return GuidedVelocity(self.model, text.encode([caption]), negative, guidance, references=references)
 
     @torch.no_grad()
     def generate(
