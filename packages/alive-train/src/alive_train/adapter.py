@@ -143,6 +143,11 @@ class BatchAdapter:
         self.streams, self.refiner = streams, refiner
         if text is not None:
             text.check_fits(config)
+        elif self.transcript is not None and config.audio.transcript_vocab_size < self.transcript.vocab_size:
+            raise ValueError(
+                f"AudioDiT transcript vocabulary {config.audio.transcript_vocab_size} is smaller than the "
+                f"tokenizer's {self.transcript.vocab_size}"
+            )
         self._check_codecs()
 
     def _check_codecs(self) -> None:
