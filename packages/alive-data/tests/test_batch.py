@@ -50,6 +50,22 @@ def test_a_bucket_mixing_reference_and_plain_samples(with_refs, config_for):
     assert counts == {0: 8, 1: 8, 2: 8} and mixed > 0
 
 
+def test_bucketing_by_reference_count_never_pads_references(with_refs, config_for):
+    config = config_for(
+        with_refs,
+        tasks={"reference_prob": 1.0, "caption_dropout": 0.0},
+        buckets={"batch_size": 2, "resolutions": [[32, 48]], "frames": [25], "by_reference_count": True},
+    )
+    batches = batches_of(config)
+    counts: dict[int, int] = {}
+    for b in batches:
+        k = b.references.shape[1]
+        assert b.reference_mask.all() and b.reference_mask.shape == (b.batch_size, k)  # no padding
+        assert set(b.tasks) == {"r2va" if k else "t2va"}
+        counts[k] = counts.get(k, 0) + b.batch_size
+    assert counts == {0: 8, 1: 8, 2: 8}
+
+
 def test_references_are_the_images_at_the_clip_resolution(with_refs, config_for):
     config = config_for(
         with_refs,

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from alive_data.tasks import TaskSpec
+from alive_data.text_cache import collate_text
 
 FLAGS = ("i2v", "video_loss", "audio_loss", "video_clean", "audio_clean")
 
@@ -38,6 +39,7 @@ class TrainingSample:
     audio_latent: np.ndarray | None = None  # float32 [C, L]
     # Reference audio (TR2AV): float32 [N_ref] waveform (pixels) or [C, L_ref] latents; None = none.
     reference_audio: np.ndarray | None = None
+    text: dict[str, np.ndarray] | None = None  # encoder name -> float16 [L, D] (alive_data.text_cache)
 
     @property
     def video_reads_audio(self) -> bool:
@@ -68,7 +70,8 @@ class AVBatch:
     waveform at the clip's sample rate; latents ``reference_audio_latent`` float32 [B, C, L_ref];
     zero padded, with ``reference_audio_lengths`` int64 [B] (0 = no reference for that sample;
     N_ref / L_ref is 0 when no sample has one).
-    ``text_embeddings``: reserved for cached caption encodings (a later writer option); None now.
+    ``text_embeddings``: the caption encodings cached in the shards (:mod:`alive_data.text_cache`),
+    ``NAME`` float16 [B, L, D] and ``NAME_mask`` bool [B, L] per encoder; None when not read.
     ``loader_state``: the loader's state right after this batch; checkpoint it and
     ``ResumableLoader.load_state_dict`` resumes exactly after this batch.
     """
@@ -121,7 +124,8 @@ class AVBatch:
         if pixels and self.reference_audio is None:
             self.reference_audio = self.audio.new_zeros(b, 0)
         sizes = {len(self.tasks), len(self.captions), len(self.transcripts)}
-        sizes |= {t.shape[0] for t in self._tensors().values()}
+        for value in self._tensors().values():
+            sizes |= {t.shape[0] for t in value.values()} if isinstance(value, dict) else {value.shape[0]}
         if sizes != {b}:
             raise ValueError(f"inconsistent batch sizes {sorted(sizes)} for {b} keys")
 
@@ -230,5 +234,6 @@ def collate(samples: list[TrainingSample]) -> AVBatch:
         reference_audio=None if latents else reference_audio,
         reference_audio_latent=reference_audio if latents else None,
         reference_audio_lengths=reference_lengths,
+        text_embeddings=None if samples[0].text is None else collate_text([s.text for s in samples]),
         **flags,
     )

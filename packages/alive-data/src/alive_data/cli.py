@@ -1,6 +1,7 @@
 """``alive-data``: build and check WebDataset shards of audio-video clips.
 
 alive-data write SRC OUT [--shard-size 1GB] [--workers N] [--size HxW] [--video-codec SPEC ...]
+        [--text-encoders T5_DIR QWEN_DIR [--text-device cuda]]
     SRC is a folder of video files (mp4, mov, mkv, webm, m4v, ...; captions in NAME.json / NAME.txt
     sidecars) or a manifest .jsonl. Rerunning into the same OUT resumes: keys already in complete
     shards are skipped. Ctrl-C stops within a second, keeping every complete sample (exit 130).
@@ -71,6 +72,8 @@ def _write(args: argparse.Namespace) -> int:
         latents_only=args.latents_only,
         label_table=args.labels,
         max_audio_shortfall=args.max_audio_shortfall,
+        text_encoders=tuple(args.text_encoders) if args.text_encoders else None,
+        text_device=args.text_device,
     )
     report = write_shards(
         found.items,
@@ -127,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--audio-codec", default=None, help="deterministic[:k=v,...] or oobleck:<dir>")
     w.add_argument("--latents-only", action="store_true", help="store latents instead of mp4/flac")
     w.add_argument("--labels", default=None, help="keyword table JSON (default: the bundled table)")
+    w.add_argument(
+        "--text-encoders",
+        nargs=2,
+        metavar=("T5_DIR", "QWEN_DIR"),
+        default=None,
+        help="cache the caption encodings (fp16 text.NAME.npy members) made with these encoders",
+    )
+    w.add_argument("--text-device", default="cpu", help="device of the caption encoders (e.g. cuda)")
     w.set_defaults(func=_write)
     i = sub.add_parser("inspect", help="report on shards")
     i.add_argument("shards", nargs="+", help="paths, globs, brace patterns or a folder")

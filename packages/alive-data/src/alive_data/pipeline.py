@@ -22,6 +22,7 @@ from typing import Any
 from alive_data.avformat import AVFormat
 from alive_data.filters import StageFilter
 from alive_data.tasks import TaskConfig
+from alive_data.text_cache import TEXT_ENCODERS
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,18 @@ class SourceConfig:
 @dataclass(frozen=True)
 class BucketConfig:
     """Batch shapes. Pixels: resolutions (height, width) by aspect ratio and clip lengths in frames.
-    Latents: lengths in latent frames (the resolution is whatever was cached)."""
+    Latents: lengths in latent frames (the resolution is whatever was cached).
+
+    ``by_reference_count``: samples given K reference images only share a batch with samples given
+    K (K = 0 for tasks without references), so a batch is never padded with missing references:
+    every sample of it is in the same reference state (reference joint tuning).
+    """
 
     batch_size: int = 1
     resolutions: tuple[tuple[int, int], ...] = ((480, 832), (832, 480), (624, 624))
     frames: tuple[int, ...] = (121, 81, 49)
     latent_frames: tuple[int, ...] = (31, 21, 13)
+    by_reference_count: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,9 @@ class PipelineConfig:
     ``format`` is the one definition of frame rate, sample rate and codec geometry (see
     :mod:`alive_data.avformat`); samples in another format are skipped and counted. ``latents``
     ({"video": spec, "audio": spec}) reads cached latents made by those codecs instead of decoding,
-    and needs the codecs' geometry in ``format``.
+    and needs the codecs' geometry in ``format``. ``text_embeddings`` (encoder names, e.g.
+    ["t5", "qwen"]) reads the caption encodings cached by ``alive-data write --text-encoders`` into
+    ``AVBatch.text_embeddings`` (a sample without them is a ``missing_text_embeddings`` skip).
     """
 
     sources: tuple[SourceConfig, ...]
@@ -63,8 +72,12 @@ class PipelineConfig:
     balance: dict[str, dict[str, float]] = field(default_factory=dict)  # field -> {value: weight}
     tasks: TaskConfig = field(default_factory=TaskConfig)
     buckets: BucketConfig = field(default_factory=BucketConfig)
+    text_embeddings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        unknown = set(self.text_embeddings) - set(TEXT_ENCODERS)
+        if unknown:
+            raise ValueError(f"text_embeddings: unknown encoders {sorted(unknown)}; known: {TEXT_ENCODERS}")
         if not self.sources:
             raise ValueError("a pipeline needs at least one source")
         if self.buckets.batch_size < 1:
@@ -89,6 +102,7 @@ class PipelineConfig:
                 buckets[name] = tuple(buckets[name])
         return cls(
             sources=tuple(SourceConfig(**s) for s in data.pop("sources")),
+            text_embeddings=tuple(data.pop("text_embeddings", ())),
             format=AVFormat.from_dict(data.pop("format", {})),
             filter=StageFilter.from_config(data.pop("filter", {})),
             tasks=TaskConfig(**data.pop("tasks", {})),

@@ -32,9 +32,11 @@ from alive_data.pipeline import PipelineConfig
 from alive_data.samples import BadSample, Sample, load_media, load_npy, read_metadata
 from alive_data.schema import lookup
 from alive_data.tasks import TASKS, uniform
+from alive_data.text_cache import read_text
 from alive_models.text.conditioning import NULL_CAPTION
 
-Bucket = tuple[str, int, int, int]  # ("pixels" | "latent", frames or latent frames, height, width)
+# ("pixels" | "latent", frames or latent frames, height, width[, reference images])
+Bucket = tuple[str | int, ...]
 _REFERENCE = re.compile(r"ref_(\d+)\.jpg")
 REFERENCE_AUDIO = "ref_audio.flac"  # another utterance of the clip's speaker (voice cloning)
 REFERENCE_AUDIO_LATENT = "ref_audio_latent.npy"  # its cached latents
@@ -94,6 +96,8 @@ class SamplePreparer:
             return Skip("no_reference_audio", f"task {task} needs reference audio")
         if bucket is None:
             return Skip("too_short")
+        if c.buckets.by_reference_count:
+            bucket = (*bucket, len(refs) if spec.references else 0)
         sample = load_media(raw, meta, caption, self.format, latents=c.latents is not None, codecs=c.latents)
         media = self._fit_latents(sample, bucket) if c.latents else self._fit_pixels(sample, bucket)
         size = self._frame_size(bucket)
@@ -103,6 +107,14 @@ class SamplePreparer:
         reference_audio = None
         if spec.reference_audio:
             reference_audio = self._reference_audio(raw, sample, media["audio_length"], epoch)
+        text = None
+        if c.text_embeddings:  # the null caption's encodings when the caption was dropped
+            try:
+                text = read_text(raw, c.text_embeddings, null=dropped)
+            except KeyError as e:
+                return Skip("missing_text_embeddings", f"no {e.args[0]} member")
+            except (ValueError, OSError, EOFError) as e:
+                return Skip("corrupt_text_embeddings", str(e))
         return Prepared(
             bucket,
             TrainingSample(
@@ -114,6 +126,7 @@ class SamplePreparer:
                 transcript="" if dropped else caption.speech_text,
                 references=references,
                 reference_audio=reference_audio,
+                text=text,
                 **media,
             ),
         )
@@ -182,12 +195,12 @@ class SamplePreparer:
 
     def _frame_size(self, bucket: Bucket) -> tuple[int, int]:
         """The clip's resolution in pixels (for latents: the resolution the cached latent encodes)."""
-        kind, _, height, width = bucket
+        kind, _, height, width = bucket[:4]
         s = self.format.video.spatial_stride if kind == "latent" else 1
         return height * s, width * s
 
     def _fit_pixels(self, sample: Sample, bucket: Bucket) -> dict[str, Any]:
-        _, length, height, width = bucket
+        _, length, height, width = bucket[:4]
         if len(sample.frames) < length:
             raise BadSample("short_video", f"{len(sample.frames)} frames decoded, need {length}")
         rate = self.format.sample_rate
@@ -202,7 +215,7 @@ class SamplePreparer:
         }
 
     def _fit_latents(self, sample: Sample, bucket: Bucket) -> dict[str, Any]:
-        _, length, height, width = bucket
+        _, length, height, width = bucket[:4]
         video, audio = sample.video_latent, sample.audio_latent
         if video.shape[2:] != (height, width):
             raise BadSample("latent_shape", f"video latent {video.shape}, metadata says {height}x{width}")

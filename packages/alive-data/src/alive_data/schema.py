@@ -3,8 +3,9 @@
 Required: ``caption`` (structured, seed 000 eq. 3), ``fps``, ``duration`` (s), ``width``, ``height``.
 Optional: ``num_frames``, ``sample_rate``, ``audio_samples``, ``speaking`` (derived from the caption
 when absent), ``category`` ({"l1", "l2", "l3"}), ``labels`` (keyword-table matches), ``quality`` (the
-scores below), ``latents`` (what made the cached latents: both codecs' geometry and spec), and any
-other field (``source``, ``subject_tracks``, ...), kept as is.
+scores below), ``latents`` (what made the cached latents: both codecs' geometry and spec),
+``text_cache`` (which caption encoders made the cached caption encodings), and any other field
+(``source``, ``subject_tracks``, ...), kept as is.
 
 Validation is strict (no "24" for 24, no true for 1, no NaN scores): whatever passes can be used
 without further type checks, so the pipeline catches only the errors that mean bad data.
@@ -94,6 +95,15 @@ class LatentCache(_Strict):
     audio_codec: str
 
 
+class TextCache(_Strict):
+    """``meta["text_cache"]``: which caption encoders made the ``text*.npy`` members
+    (:mod:`alive_data.text_cache`), and their widths."""
+
+    encoders: dict[str, str]
+    dims: dict[str, PositiveInt]
+    max_length: PositiveInt
+
+
 class SampleMetadata(BaseModel):
     """One sample's ``json`` member. Unknown fields are allowed and kept."""
 
@@ -112,6 +122,7 @@ class SampleMetadata(BaseModel):
     quality: Quality = Quality()
     labels: list[list[str]] = []
     latents: LatentCache | None = None
+    text_cache: TextCache | None = None
 
     @model_validator(mode="after")
     def _one_sample_rate(self) -> SampleMetadata:

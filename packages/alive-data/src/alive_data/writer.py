@@ -17,6 +17,9 @@ with the keyword table, and stored as:
   relative to the mp4: another utterance of the same speaker, for voice cloning), mono at the target
   rate, its length in the json's ``reference_audio_seconds``; with codecs also
   ``ref_audio_latent.npy``.
+- with caption encoders, ``text.NAME.npy`` / ``text_null.NAME.npy`` (float16, see
+  :mod:`alive_data.text_cache`): encoded in this process, in batches, as samples arrive (the
+  encoders are loaded once, on ``text_device``, never in the decode workers).
 
 Clips are processed by a pool of worker processes; shards are renamed into place only when complete,
 and a rerun skips every key already in a complete shard, so an interrupted job resumes without
@@ -100,6 +103,9 @@ class WriteOptions:
     crf: int = 18
     max_audio_shortfall: float = MAX_AUDIO_SHORTFALL  # s of audio missing against the video: a skip
     min_side: int = 16  # a clip narrower than this (px, after rotation) is a ``too_small`` skip
+    text_encoders: tuple[str, str] | None = None  # (T5 dir, Qwen dir): cache the caption encodings
+    text_device: str = "cpu"
+    text_batch: int = 16  # captions per encoder call
 
 
 @dataclass
@@ -413,8 +419,23 @@ def write_shards(
         else:
             todo.append(item)
         seen.add(item.key)
+    text = None
+    if options.text_encoders is not None and todo:
+        from alive_data.text_cache import TextEncoding
+
+        text = TextEncoding(*options.text_encoders, device=options.text_device)
     sink = ShardSink(out_dir, next_index, shard_bytes, shard_samples)
     sources = {i.key: i.path for i in todo}
+    pending: list[dict] = []  # samples waiting for their caption encodings
+
+    def write_pending() -> None:
+        if text is not None:
+            text.add_to(pending)
+        for sample in pending:
+            sink.write(sample)
+            report.written += 1
+        pending.clear()
+
     with _StopRequest() as stop:
         try:
             for key, sample, reason, detail in tqdm(
@@ -429,9 +450,11 @@ def write_shards(
                     report.bad_samples.append(
                         {"key": key, "source": sources[key], "reason": reason, "detail": detail}
                     )
-                else:
-                    sink.write(sample)
-                    report.written += 1
+                    continue
+                pending.append(sample)
+                if text is None or len(pending) >= options.text_batch:
+                    write_pending()
+            write_pending()
             sink.finish()  # after a stop too: the open shard holds only complete samples
         except BaseException:
             sink.abandon()
