@@ -16,6 +16,7 @@ from alive_data.stream import AVStream
 from alive_models import build_model
 from alive_models.codecs import DeterministicAudioCodec, DeterministicVideoCodec
 from alive_models.flow import shift_time
+from alive_models.fusion import TASK_ROUTES
 from alive_models.text import TextConditioner
 from alive_train.adapter import BatchAdapter, RefinerFlow, degrade_and_upsample, to_pixels
 from alive_train.config import FlowConfig, ModelConfig
@@ -207,6 +208,7 @@ def test_pixel_batches_go_through_the_codecs_like_the_cached_latents(shards, con
         video_latent=torch.stack([cache[k][0] for k in batch.keys]),
         audio_latent=torch.stack([cache[k][1] for k in batch.keys]),
         audio_lengths=torch.full((2,), 27),
+        reference_audio=None,
     )
     a = adapter(config, text)
     from_pixels = a(batch, gen(0), "cpu")
@@ -226,11 +228,65 @@ def test_reference_images_become_latents_at_the_clip_resolution(shards, config, 
     assert refs.shape == (2, 3, 768, 6, 8)
     one = DeterministicVideoCodec().encode(to_pixels(images[1, 2][None, None]))[0, :, 0]
     torch.testing.assert_close(refs[1, 2], one)
+    assert a(batch, gen(0), "cpu").inputs.reference_mask is None  # every sample uses them
+    mixed = dataclasses.replace(batch, reference_mask=torch.tensor([[True] * 3, [False] * 3]))
+    assert a(mixed, gen(0), "cpu").inputs.reference_mask.tolist() == [True, False]  # r2va beside t2va
     padded = dataclasses.replace(
         batch, reference_mask=torch.tensor([[True, True, True], [True, False, False]])
     )
     with pytest.raises(ValueError, match="by_reference_count"):
         a(padded, gen(0), "cpu")
+
+
+def test_each_task_reads_the_other_stream_along_its_routes(shards, config, text):
+    mix = {"t2va": 0.25, "a2v": 0.25, "v2a": 0.25, "t2v_t2a": 0.25}
+    seen = set()
+    for batch in batches(shards, probabilities=mix, mutual_dropout=0.3):
+        i = adapter(config, text)(batch, gen(0), "cpu").inputs
+        for k, task in enumerate(batch.tasks):
+            route, mutual = TASK_ROUTES[task], bool(batch.mutual[k])
+            assert bool(i.video_reads_audio[k]) == (route.video_reads_audio and mutual), task
+            assert bool(i.audio_reads_video[k]) == (route.audio_reads_video and mutual), task
+            seen.add(task)
+    assert {"a2v", "v2a"} <= seen  # the one-way routes were exercised
+
+
+@pytest.mark.parametrize("latents", [True, False], ids=["cached", "pixels"])
+def test_reference_audio_reaches_the_audio_tower(world_shards, config, text, latents):
+    """TR2AV (voice cloning): the world's other utterance of the speaker becomes reference-audio
+    latents with a key mask, pixels through the codec like the cached latents."""
+    pipeline = {
+        "sources": [{"name": "world", "urls": str(world_shards)}],
+        "shuffle_buffer": 1,
+        "format": data_format(),
+        "buckets": {"batch_size": 2, "latent_frames": [7], "resolutions": [[48, 64]], "frames": [25]},
+        "tasks": {"caption_dropout": 0.0, "mutual_dropout": 0.0, "probabilities": {"tr2av": 1.0}},
+        "latents": {"video": "deterministic", "audio": "deterministic"} if latents else None,
+    }
+    batch = next(iter(ResumableLoader(AVStream(PipelineConfig.from_dict(pipeline)), num_workers=0)))
+    assert batch.tasks == ["tr2av", "tr2av"] and bool((batch.reference_audio_lengths > 0).all())
+    with pytest.raises(ValueError, match="reference branch"):
+        adapter(config, text)(batch, gen(0), "cpu")
+    cloning = dataclasses.replace(config, audio=dataclasses.replace(config.audio, reference_audio=True))
+    i = adapter(cloning, text)(batch, gen(0), "cpu").inputs
+    ref, mask = i.reference_audio, i.reference_audio_mask
+    assert ref.shape[:2] == (2, config.audio.in_channels) and mask.shape == (2, ref.shape[-1])
+    hop = DeterministicAudioCodec().geometry.hop_length
+    lengths = batch.reference_audio_lengths if latents else -(-batch.reference_audio_lengths // hop)
+    assert mask.sum(1).tolist() == lengths.tolist()
+    if latents:
+        assert torch.equal(ref, batch.reference_audio_latent)
+    else:
+        wave = batch.reference_audio[:1, : batch.reference_audio_lengths[0]]
+        one = DeterministicAudioCodec().encode(wave[:, None])[0]
+        torch.testing.assert_close(ref[0, :, : one.shape[-1]], one)
+    model = build_model(cloning, seed=0)
+    for param in model.parameters():  # zero-initialised outputs and reference values made visible
+        param.data.normal_(std=0.05)
+    with torch.no_grad():
+        out = model(i).audio
+        silent = model(dataclasses.replace(i, reference_audio_mask=torch.zeros_like(mask))).audio
+    assert (out - silent).abs().mean() > 1e-4  # the reference is read
 
 
 def test_the_refiner_flow(shards, config, text):

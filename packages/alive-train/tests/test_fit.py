@@ -17,6 +17,8 @@ import webdataset as wds
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from alive_infer.checkpoint import read_pipeline_spec
+
 from alive_train import strategy as strategy_module
 from alive_train.callbacks import NonFiniteLossError
 from alive_train.checkpoint import latest_checkpoint, list_checkpoints, load_weights, read_info
@@ -106,10 +108,11 @@ def test_checkpoints_are_sharded_complete_and_exported(trained):
     info = read_info(ckpts[-1])
     assert info["step"] == STEPS and info["mlflow"]["run_id"] == result.run.run_id and info["ema"]
     export = path.parent / "exports" / "joint"
-    assert sorted(p.name for p in export.iterdir()) == ["config.json", "lineage.json", "model.safetensors"]
+    assert sorted(p.name for p in export.iterdir()) == ["config.json", "model.safetensors", "pipeline.json"]
     assert json.loads((export / "config.json").read_text())["_class_name"] == "JointAVDiT"
-    lineage = json.loads((export / "lineage.json").read_text())
-    assert lineage["pipeline"]["video_codec"] == "deterministic"  # what pipeline.json will be made of
+    spec = read_pipeline_spec(export)  # alive-infer's own reader
+    assert (spec.video_codec, spec.fps) == ("deterministic", 24.0) and spec.text_encoders is not None
+    lineage = spec.source
     assert lineage["mlflow"]["run_id"] == result.run.run_id and lineage["checkpoint"] == str(
         ckpts[-1].resolve()
     )

@@ -98,6 +98,7 @@ def save_weights(
         try:
             for filename, names in split.filename_to_tensors.items():
                 save_file({n: state[n] for n in names}, tmp / filename, metadata={"format": "pt"})
+                (tmp / filename).chmod(0o644)  # safetensors writes owner-only files; saves are shared
             if split.is_sharded:
                 index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
                 (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

@@ -12,7 +12,10 @@ Per-sample task flags (``alive_data.tasks``):
 - a clean stream (a2v: audio, v2a: video; seed 002 §4.4) goes in as its clean latent at t = 0, the
   model reads it detached (``JointInputs.video_clean`` / ``audio_clean``) and its loss is off;
 - I2V samples get the first latent frame as the condition;
-- ``mutual`` False is the "indep" state (mutual dropout, seed 000 §4.4).
+- ``mutual`` False is the "indep" state (mutual dropout, seed 000 §4.4); the task's exchange routes
+  (``video_reads_audio`` / ``audio_reads_video``, seed 002 Dynamic Context Routing) go in beside it;
+- R2VA samples get their reference images (masked per sample in a mixed batch), TR2AV samples their
+  reference audio through the audio codec (needs the AudioDiT's reference branch).
 
 Stage variants, set by the stage (not by the batch):
 - ``streams="audio"``: the audio tower alone (T2A; ``JointInputs.video`` None, the fusion does not run);
@@ -275,16 +278,44 @@ class BatchAdapter:
         latents = self.encode_video(to_pixels(images.reshape(b * k, 1, h, w, 3)))  # [B*K, C, 1, h', w']
         return latents[:, :, 0].reshape(b, k, *latents.shape[1:2], *latents.shape[3:])
 
-    def references(self, batch: AVBatch, device: torch.device) -> Tensor | None:
-        """The batch's reference latents, or None when it has none."""
+    def references(self, batch: AVBatch, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+        """The batch's reference latents and per-sample mask (None: every sample uses them), or
+        (None, None) when it has none. A sample with no references (the mix drew no r2va for it) is
+        masked out, so r2va and other tasks share a batch."""
         if batch.references.shape[1] == 0:
-            return None
-        if not bool(batch.reference_mask.all()):
+            return None, None
+        slots = batch.reference_mask
+        uses = slots.any(dim=1)
+        if not bool((slots.all(dim=1) | ~uses).all()):
             raise ValueError(
                 "a batch mixes samples with different numbers of reference images (padded); JointInputs "
-                "has no per-slot reference mask, so set data.pipeline.buckets.by_reference_count=true"
+                "masks references per sample, not per slot, so set data.pipeline.buckets.by_reference_count=true"
             )
-        return self.encode_references(batch.references.to(device))
+        latents = self.encode_references(batch.references.to(device))
+        return latents, None if bool(uses.all()) else uses.to(device)
+
+    @torch.no_grad()
+    def reference_audio(self, batch: AVBatch, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+        """Reference-audio latents [B, C, L_ref] and their key mask (TR2AV, voice cloning), or
+        (None, None) when no sample has any. Waveforms go through the audio codec; a sample without a
+        reference has an all-False mask row."""
+        lengths = batch.reference_audio_lengths
+        if not bool((lengths > 0).any()):
+            return None, None
+        if not self.config.audio.reference_audio:
+            raise ValueError(
+                "the batch has reference audio (task tr2av) but the AudioDiT has no reference branch "
+                "(model.audio.reference_audio: true, or a unitalking preset)"
+            )
+        lengths = lengths.to(device)
+        if batch.latents:
+            latents = batch.reference_audio_latent.to(device, torch.float32)
+        else:
+            codec = self._codec("audio")
+            latents = codec.encode(batch.reference_audio.to(device, torch.float32)[:, None]).float()
+            hop = codec.geometry.hop_length
+            lengths = torch.div(lengths + hop - 1, hop, rounding_mode="floor")
+        return latents, torch.arange(latents.shape[-1], device=device)[None] < lengths[:, None]
 
     # -- the entry point -----------------------------------------------------------------------
     def __call__(self, batch: AVBatch, generator: torch.Generator, device: torch.device | str) -> FlowBatch:
@@ -310,7 +341,7 @@ class BatchAdapter:
         x_audio = torch.where(audio_clean.view(-1, 1, 1), audio, add_noise(audio, noise_a, t_audio))
         target_audio = velocity_target(audio, noise_a)
 
-        x_video = target_video = t_video = condition = references = None
+        x_video = target_video = t_video = condition = references = reference_mask = None
         if video is not None:
             noise_v = torch.randn(video.shape, generator=generator, device=device)
             if self.refiner is not None:
@@ -322,7 +353,8 @@ class BatchAdapter:
                 )
                 target_video = velocity_target(video, noise_v)
             condition = self._i2v(video, batch.i2v)
-            references = self.references(batch, device)
+            references, reference_mask = self.references(batch, device)
+        reference_audio, reference_audio_mask = self.reference_audio(batch, device)
 
         cond = self.conditioning(batch, device)
         inputs = JointInputs(
@@ -338,10 +370,15 @@ class BatchAdapter:
             transcript_mask=cond.transcript_mask,
             video_condition=condition,
             references=references,
+            reference_mask=reference_mask,
             mutual=_flags(batch.mutual, device),
+            video_reads_audio=_flags(batch.video_reads_audio, device),
+            audio_reads_video=_flags(batch.audio_reads_video, device),
             audio_mask=audio_mask,
             video_clean=video_clean if video is not None else None,
             audio_clean=audio_clean,
+            reference_audio=reference_audio,
+            reference_audio_mask=reference_audio_mask,
         )
         return FlowBatch(inputs, target_video, target_audio, video_loss, audio_loss, list(batch.tasks))
 

@@ -103,15 +103,10 @@ def export_trained(module: StageModule, config: StageConfig, checkpoint: Path) -
         raise ConfigError("export.weights=ema but the run has no EMA (ema.enabled=false): export the model")
     info = read_info(checkpoint) if rank_zero_only.rank == 0 else {}
     lineage = lineage_of(info, checkpoint.resolve(), weights, config.export.dtype)
+    spec = pipeline_parts(config).spec(module.joint_config, lineage)
     swap = module.ema.swapped() if weights == "ema" else contextlib.nullcontext()
     with swap:
-        export_model(
-            module.model,
-            config.export.dir,
-            lineage,
-            pipeline_parts(config),
-            getattr(torch, config.export.dtype),
-        )
+        export_model(module.model, config.export.dir, spec, getattr(torch, config.export.dtype))
     return Path(config.export.dir)
 
 
