@@ -385,3 +385,74 @@ def test_rules_declare_their_states():
     assert set(CFG().states) == {NM, PM}
     assert all(not s.reference for s in DualReferenceCFG().states[:2])
     assert dataclasses.asdict(AliveAPG.audio_default())["w2"] == 10.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Unconditional Context Guidance on a CCL model (seed 002 §4.3)
+
+
+@pytest.fixture(scope="module")
+def tiny_ccl():
+    model = build_model(get_preset("tiny-ccl"), seed=3).eval()
+    randomize_zero_inits(model, seed=4)  # open the CCA gates: the routes change the output
+    return model
+
+
+def routed(model, cond, xv, xa, tv, ta, routes_on: bool):
+    """One state written as the paper writes it: c_m = both routes on (each stream reads the other's
+    latents and its LCT), L^m = both routes off (each CCA module attends only its LCT)."""
+    b = xv.shape[0]
+    flag = torch.full((b,), routes_on)
+    return direct(model, cond, xv, xa, tv, ta, True, video_reads_audio=flag, audio_reads_video=flag)
+
+
+@torch.no_grad()
+def test_ucg_on_a_ccl_model_is_eq_5_and_eq_6_with_the_lct_only_routing(tiny_ccl):
+    model, config = tiny_ccl, tiny_ccl.config
+    pos = conditioning(config, 2, (6, 5, 7, 3), seed=21)  # c_text
+    neg = conditioning(config, 2, (3, 4, 2, 1), seed=22)  # uc_text
+    xv, xa, tv, ta = latents(config, seed=23)
+    v_uc_L = routed(model, neg, xv, xa, tv, ta, False)  # v(x_t, t | uc_text, L^m)
+    v_c_cm = routed(model, pos, xv, xa, tv, ta, True)  # v(x_t, t | c_text, c_m)
+    v_c_L = routed(model, pos, xv, xa, tv, ta, False)  # v(x_t, t | c_text, L^m)
+    v_uc_cm = routed(model, neg, xv, xa, tv, ta, True)  # v(x_t, t | uc_text, c_m)
+    s_m, s_text = 4.0, 3.0
+    for tower in (0, 1):  # video, audio
+        eq5 = v_uc_L[tower] + s_m * (v_c_cm[tower] - v_uc_L[tower])
+        eq6 = (
+            v_uc_L[tower]
+            + s_text * (v_c_L[tower] - v_uc_L[tower])
+            + s_m * (v_uc_cm[tower] - v_uc_L[tower])
+        )
+        got5 = GuidedVelocity(model, pos, neg, Guidance(UCG(s_m), UCG(s_m)))(xv, xa, tv, ta)[tower]
+        six = MultiModalCFG(s_text, s_m)
+        got6 = GuidedVelocity(model, pos, neg, Guidance(six, six))(xv, xa, tv, ta)[tower]
+        assert torch.allclose(got5, eq5, atol=1e-4, rtol=1e-4), tower
+        assert torch.allclose(got6, eq6, atol=1e-4, rtol=1e-4), tower
+        # The states differ, so the comparisons can fail: routes matter, and so does the text.
+        assert not torch.allclose(v_c_cm[tower], v_c_L[tower], atol=1e-3)
+        assert not torch.allclose(v_uc_L[tower], v_c_L[tower], atol=1e-3)
+    assert parse_guidance("ucg") == Guidance(UCG(), UCG())
+    assert parse_guidance("ucg-decoupled") == Guidance(MultiModalCFG(), MultiModalCFG())
+
+
+@torch.no_grad()
+def test_the_unconditional_cross_modal_state_of_ccl_is_its_context_tokens(tiny_ccl):
+    """L^m is not "nothing": with both routes off the output ignores the other stream's latents but
+    follows the Learnable Context Tokens."""
+    model, config = tiny_ccl, tiny_ccl.config
+    neg = conditioning(config, 2, (3, 4, 2, 1), seed=24)
+    xv, xa, tv, ta = latents(config, seed=25)
+    video, audio = routed(model, neg, xv, xa, tv, ta, False)
+    other_audio = routed(model, neg, xv, torch.randn_like(xa), tv, ta, False)
+    torch.testing.assert_close(other_audio[0], video)  # video ignores the audio latents
+    tokens = [m.context_tokens for m in model.fusion.video_from_audio]
+    saved = [t.clone() for t in tokens]
+    try:
+        for t in tokens:
+            t.add_(torch.randn_like(t))
+        moved = routed(model, neg, xv, xa, tv, ta, False)
+    finally:
+        for t, s in zip(tokens, saved, strict=True):
+            t.copy_(s)
+    assert not torch.allclose(moved[0], video, atol=1e-3)  # the audio LCT reach the video stream

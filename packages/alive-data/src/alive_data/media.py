@@ -32,6 +32,8 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
+from alive_models.audio import resample
+
 BytesOrPath = bytes | str | Path
 
 # Audio timestamps that stray less than this from the running sample count are jitter (e.g. a
@@ -42,7 +44,6 @@ AUDIO_RESYNC_SECONDS = 0.01
 # come out this much short of a whole number of frames and still count them all.
 TIMESTAMP_TOLERANCE = 0.002
 MAX_AUDIO_SHORTFALL = 0.1  # seconds of audio missing against the video before a clip is rejected
-_RESAMPLE_CHUNK = 1 << 16  # samples per frame handed to the resampler
 
 
 class MediaError(Exception):
@@ -212,24 +213,6 @@ class _AudioTrack:
         length = round(seconds * sample_rate)
         audio = np.pad(audio[:length], (0, max(0, length - len(audio))))
         return audio, first or 0.0, float(exact - covered[:exact].sum()) / rate
-
-
-def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """Mono float32 from ``rate`` to ``target`` Hz with FFmpeg's resampler in float (no clipping;
-    sample 0 stays at time 0 and ``len(wave) * target / rate`` samples come out)."""
-    if rate == target:
-        return wave.astype(np.float32, copy=False)
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=target)
-    frames = []
-    for offset in range(0, len(wave), _RESAMPLE_CHUNK):
-        chunk = np.ascontiguousarray(wave[None, offset : offset + _RESAMPLE_CHUNK], dtype=np.float32)
-        frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
-        frame.sample_rate, frame.pts = rate, offset
-        frames += resampler.resample(frame)
-    frames += resampler.resample(None)
-    if not frames:
-        return np.zeros(0, np.float32)
-    return np.concatenate([f.to_ndarray()[0] for f in frames])
 
 
 def _decode(source: BytesOrPath, fps: float, with_audio: bool) -> tuple[_NearestFrames, _AudioTrack]:

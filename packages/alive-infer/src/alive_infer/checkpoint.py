@@ -45,8 +45,9 @@ from alive_models.pretrained import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME, match
 SPEC_NAME = "pipeline.json"
 SPEC_FORMAT = "alive-pipeline"
 SPEC_VERSION = 1
-# What a pipeline can generate: both towers (text, first frame, reference images) or one.
-TASKS: tuple[str, ...] = ("t2va", "i2va", "r2va", "t2v", "t2a")
+# What a pipeline can generate: both towers (text, first frame, reference images, reference audio:
+# TR2AV needs an AudioDiT with the reference branch) or one.
+TASKS: tuple[str, ...] = ("t2va", "i2va", "r2va", "tr2av", "t2v", "t2a")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

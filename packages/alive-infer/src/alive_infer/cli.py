@@ -67,10 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--prompt", required=True, help="raw prompt or structured caption")
     inputs.add_argument("--out", required=True, type=Path, help="clip.mp4 (T2A: sound.wav)")
     inputs.add_argument(
-        "--task", choices=TASKS, help="default: i2va with --image, r2va with --ref, else t2va"
+        "--task",
+        choices=TASKS,
+        help="default: i2va with --image, r2va with --ref, tr2av with --ref-audio, else t2va",
     )
     inputs.add_argument("--image", type=Path, help="first-frame PNG/JPEG (I2VA)")
     inputs.add_argument("--ref", type=Path, nargs="+", default=[], help="reference images (R2VA)")
+    inputs.add_argument(
+        "--ref-audio",
+        type=Path,
+        metavar="WAV",
+        help="reference voice (TR2AV): any sound file soundfile reads, mixed to mono, resampled to the "
+        "audio codec's rate; needs a model with the reference-audio branch (UniTalking)",
+    )
     inputs.add_argument("--negative-prompt", default="", help="plain text; empty = the null caption")
     length = inputs.add_mutually_exclusive_group()
     length.add_argument("--duration", type=_positive(float), help="seconds (video: 1 + 4k frames)")
@@ -125,6 +134,8 @@ def _task(args: argparse.Namespace, tasks: Sequence[str]) -> str:
         return "i2va"
     if args.ref:
         return "r2va"
+    if args.ref_audio is not None:
+        return "tr2av"
     return "t2va" if "t2va" in tasks else tasks[0]
 
 
@@ -224,6 +235,7 @@ def generate(args: argparse.Namespace, argv: Sequence[str]) -> int:
             guidance=guidance,
             image=args.image,
             references=args.ref,
+            reference_audio=args.ref_audio,
             refine=refine,
             sound_tau=args.sound_tau,
         )

@@ -322,6 +322,7 @@ GUIDANCE_PRESETS: dict[str, Callable[[], Guidance]] = {
     "alive": Guidance,  # seed 000 eq. 4-7 with APG: video w=(3,3,3) eta=0.5, audio w=(2,10,2) eta=0.2
     "cfg": lambda: Guidance(CFG(), CFG()),
     "ucg": lambda: Guidance(UCG(), UCG()),  # CCL eq. 5
+    "ucg-decoupled": lambda: Guidance(MultiModalCFG(), MultiModalCFG()),  # CCL eq. 6 (= eq. 2's form)
     "multimodal": lambda: Guidance(MultiModalCFG(), MultiModalCFG()),  # CCL eq. 2 / 6
     "dual-reference": lambda: Guidance(DualReferenceCFG(), AliveAPG.audio_default()),  # eq. 9, R2VA
     "none": Guidance.unguided,
@@ -422,6 +423,9 @@ class GuidedVelocity:
     null caption or the negative prompt). video_condition ([B, C+mask, T, H, W], I2V) and references
     ([B, K, C, H, W], R2VA) are fed to every state; a state with reference=False gets them masked
     (``JointInputs.reference_mask``) in the batched forward and left out in a separate one.
+    reference_audio ([B, C_a, L_ref] latents, TR2AV voice cloning) conditions the audio tower in every
+    state, like the first frame of I2V: the guidance rules contrast text and cross-modal states, and
+    the voice is part of every one of them.
     towers: the towers being generated; with one (T2V, T2A) the other is absent from every forward
     and the mutual switch has nothing to switch (see the module docstring).
     One instance serves one sampling run (APG momentum keeps state across its calls).
@@ -437,6 +441,7 @@ class GuidedVelocity:
         references: Tensor | None = None,
         batched: bool = True,
         towers: tuple[Tower, ...] = ("video", "audio"),
+        reference_audio: Tensor | None = None,
     ) -> None:
         if not towers or set(towers) - {"video", "audio"}:
             raise ValueError(f"towers must be a non-empty subset of ('video', 'audio'), got {towers}")
@@ -449,6 +454,9 @@ class GuidedVelocity:
             raise ValueError(f"guidance {guidance.to_dict()} needs a negative (or null) caption conditioning")
         if references is not None and "video" not in self.towers:
             raise ValueError("reference images condition the video tower, which this run does not generate")
+        if reference_audio is not None and "audio" not in self.towers:
+            raise ValueError("reference audio conditions the audio tower, which this run does not generate")
+        self.reference_audio = reference_audio
         self.texts = (
             {"pos": positive}
             if negative is None
@@ -506,6 +514,9 @@ class GuidedVelocity:
             references=None if refs is None else rep(refs).to(cast),
             reference_mask=None if refs is None else flags([s.reference for s in states]),
             mutual=flags([s.mutual for s in states]),
+            reference_audio=None
+            if xa is None or self.reference_audio is None
+            else rep(self.reference_audio).to(cast),
         )
 
     @torch.no_grad()

@@ -1,7 +1,8 @@
 """The generation pipeline: request -> validated plan -> caption -> text encoders -> sampler with
 guidance -> codecs -> frames + waveform -> mp4 + wav + JSON sidecar.
 
-Tasks: T2VA, I2VA (first-frame image), R2VA (reference images) generate both towers; T2V and T2A
+Tasks: T2VA, I2VA (first-frame image), R2VA (reference images), TR2AV (reference audio: voice
+cloning, seed 004 §4.4; needs the AudioDiT's reference branch) generate both towers; T2V and T2A
 generate one through the model's one-stream forward (the other tower never runs; guidance rules
 collapse as :mod:`alive_infer.guidance` describes). A pipeline is built from parts or loaded from an
 exported directory (:meth:`AlivePipeline.from_pretrained`, layout in :mod:`alive_infer.checkpoint`).
@@ -63,12 +64,13 @@ from alive_models.joint import JointAVDiT, i2v_condition
 from alive_models.pretrained import CONFIG_NAME
 from alive_models.text import CaptionConditioning, TextConditioner
 
-Task = Literal["t2va", "i2va", "r2va", "t2v", "t2a"]
+Task = Literal["t2va", "i2va", "r2va", "tr2av", "t2v", "t2a"]
 # The towers each task generates.
 TOWERS: dict[str, tuple[Tower, ...]] = {
     "t2va": ("video", "audio"),
     "i2va": ("video", "audio"),
     "r2va": ("video", "audio"),
+    "tr2av": ("video", "audio"),
     "t2v": ("video",),
     "t2a": ("audio",),
 }
@@ -76,6 +78,7 @@ TOWERS: dict[str, tuple[Tower, ...]] = {
 RESOLUTIONS = {"360p": 360, "480p": 480, "720p": 720, "1080p": 1080}
 DEFAULT_SECONDS = 5.0
 ImageInput = str | os.PathLike | np.ndarray | Any  # a path, uint8 [H, W, 3], or a PIL image
+AudioInput = str | os.PathLike | tuple[np.ndarray, int]  # a sound file, or (waveform, sample rate)
 
 
 class RequestError(ValueError):
@@ -96,7 +99,9 @@ class GenerationRequest:
     """One clip to generate. ``resolution``: "480p" etc. with ``aspect_ratio``, or (height, width);
     None = the first-frame image's size for I2VA, else 480p. ``duration`` (seconds) or
     ``num_frames``; neither = the nearest makeable length >= 5 s. T2A takes ``duration`` only (any
-    positive length) and no resolution."""
+    positive length) and no resolution. ``reference_audio`` (TR2AV): a sound file soundfile reads
+    (WAV, FLAC, ...) or (waveform [N] or [N, channels], sample rate); it is mixed down to mono,
+    resampled to the audio codec's rate and encoded by the audio codec."""
 
     prompt: str
     task: Task = "t2va"
@@ -112,6 +117,7 @@ class GenerationRequest:
     guidance: Guidance = field(default_factory=Guidance)
     image: ImageInput | None = None
     references: Sequence[ImageInput] = ()
+    reference_audio: AudioInput | None = None
     refine: RefineSettings | None = None
     sound_tau: float = DEFAULT_TAU
 
@@ -134,6 +140,7 @@ class Plan:
     audio_samples: int | None = None  # the clip's length in samples: duration * rate
     image: np.ndarray | None = None
     references: list[np.ndarray] = field(default_factory=list)
+    reference_audio: np.ndarray | None = None  # mono float32 at the audio codec's rate
     input_hashes: dict[str, str] = field(default_factory=dict)
 
 
@@ -178,6 +185,40 @@ def load_image(source: ImageInput, what: str = "image") -> np.ndarray:
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise RequestError(f"{what} must be uint8 [H, W, 3] RGB, got {array.dtype} {array.shape}")
     return array
+
+
+def load_audio(source: AudioInput, sample_rate: int, what: str = "reference audio") -> np.ndarray:
+    """Mono float32 [N] at ``sample_rate`` from a sound file or (waveform, rate): channels averaged,
+    resampled with the project's resampler (``alive_models.audio.resample``)."""
+    import soundfile as sf
+
+    from alive_models.audio import resample
+
+    if isinstance(source, (str, os.PathLike)):
+        if not Path(source).is_file():
+            raise RequestError(f"{what} {source} does not exist")
+        try:
+            wave, rate = sf.read(source, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+            raise RequestError(f"{what} {source} is not a readable sound file: {e}") from None
+    else:
+        try:
+            wave, rate = source
+        except (TypeError, ValueError):
+            raise RequestError(f"{what} must be a sound file or (waveform, sample rate)") from None
+        wave = np.asarray(wave, dtype=np.float32)
+        if wave.ndim == 1:
+            wave = wave[:, None]
+        if wave.ndim != 2:
+            raise RequestError(f"{what} waveform must be [N] or [N, channels], got shape {wave.shape}")
+    if not (isinstance(rate, int) and rate > 0):
+        raise RequestError(f"{what} sample rate must be a positive integer, got {rate!r}")
+    if wave.shape[0] == 0 or not np.isfinite(wave).all():
+        raise RequestError(f"{what} is empty or not finite")
+    mono = resample(wave.mean(axis=1), rate, sample_rate)
+    if len(mono) == 0:
+        raise RequestError(f"{what} is shorter than one sample at {sample_rate} Hz")
+    return mono
 
 
 def _image_hash(source: ImageInput, pixels: np.ndarray) -> str:
@@ -492,6 +533,24 @@ class AlivePipeline:
             )
         elif r.references:
             raise RequestError(f"reference images were given but the task is {r.task}; use task r2va")
+        reference_audio = None
+        if r.task == "tr2av":
+            if r.reference_audio is None:
+                raise RequestError("task tr2av needs a reference audio clip (--ref-audio WAV)")
+            if not self.config.audio.reference_audio:
+                raise RequestError(
+                    "this model's AudioDiT has no reference-audio branch (voice cloning: a unitalking "
+                    "preset, or audio.reference_audio=true when it was trained), so it cannot take "
+                    "reference audio"
+                )
+            rate = self.audio_codec.geometry.sample_rate
+            reference_audio = load_audio(r.reference_audio, rate)
+            if isinstance(r.reference_audio, (str, os.PathLike)):
+                hashes["reference_audio"] = sha256_file(r.reference_audio)
+            else:
+                hashes["reference_audio"] = tensor_sha256(torch.from_numpy(reference_audio))
+        elif r.reference_audio is not None:
+            raise RequestError(f"reference audio was given but the task is {r.task}; use task tr2av")
 
         vg, ag = self.video_codec.geometry, self.audio_codec.geometry
         video: dict[str, Any] = {}
@@ -551,6 +610,7 @@ class AlivePipeline:
             **audio,
             image=image,
             references=references,
+            reference_audio=reference_audio,
             input_hashes=hashes,
         )
 
@@ -584,8 +644,19 @@ class AlivePipeline:
         if plan.references:
             refs = self.video_codec.encode(_to_pixels(plan.references, device))  # [K, C, 1, h, w]
             references = refs[:, :, 0][None]  # [1, K, C, h, w]
+        reference_audio = None
+        if plan.reference_audio is not None:  # [1, C, L_ref]: every latent valid (no mask)
+            wave = torch.from_numpy(plan.reference_audio).to(device)[None, None]
+            reference_audio = self.audio_codec.encode(wave)
         velocity = GuidedVelocity(
-            self.model, positive, negative, r.guidance, condition, references, towers=towers
+            self.model,
+            positive,
+            negative,
+            r.guidance,
+            condition,
+            references,
+            towers=towers,
+            reference_audio=reference_audio,
         )
         video, audio = sample(
             velocity, video, audio, steps=r.steps, solver=r.solver, shift=r.shift, callback=progress
@@ -634,7 +705,7 @@ class AlivePipeline:
         settings = {
             f.name: getattr(r, f.name)
             for f in dataclasses.fields(r)
-            if f.name not in ("prompt", "image", "references", "guidance", "refine")
+            if f.name not in ("prompt", "image", "references", "reference_audio", "guidance", "refine")
         }
         if self._hashes is None:
             self._hashes = {name: hash_tree(path) for name, path in self.provenance.items()}

@@ -48,11 +48,14 @@ def fitted_config(
     )
 
 
-def tiny_model(text_dirs: tuple[Path, Path], seed: int = 0, fps: float = 24.0) -> JointAVDiT:
-    """The tiny preset fitted to the tiny codecs and text encoders, every gate open (random)."""
+def tiny_model(
+    text_dirs: tuple[Path, Path], seed: int = 0, fps: float = 24.0, preset: str = "tiny"
+) -> JointAVDiT:
+    """A tiny preset (``tiny``, ``tiny-ccl``, ``tiny-unitalking``) fitted to the tiny codecs and text
+    encoders, every gate open (random)."""
     vocab = TranscriptTokenizer.from_pretrained(text_dirs[1]).vocab_size
     config = fitted_config(
-        get_preset("tiny"),
+        get_preset(preset),
         video_codec_from_spec(TINY_VIDEO_CODEC),
         audio_codec_from_spec(TINY_AUDIO_CODEC),
         fps,
@@ -70,8 +73,10 @@ def save_tiny_pipeline(
     text_dirs: tuple[Path, Path] | None = None,
     refiner: bool = False,
     name_text_encoders: bool = True,
+    preset: str = "tiny",
 ) -> Path:
-    """Write ``root/export`` (and, unless ``text_dirs`` is given, tiny encoders under ``root/text``).
+    """Write ``root/export`` (the model: ``preset`` fitted to the tiny codecs; unless ``text_dirs`` is
+    given, tiny encoders under ``root/text``).
     ``name_text_encoders=False`` writes "none" for them (they are then passed at load time).
     Returns the export directory."""
     root = Path(root)
@@ -89,7 +94,7 @@ def save_tiny_pipeline(
     )
     return save_pipeline(
         root / "export",
-        tiny_model(text_dirs, seed),
+        tiny_model(text_dirs, seed, preset=preset),
         spec,
         refiner=tiny_model(text_dirs, seed + 5) if refiner else None,
     )
