@@ -1,6 +1,7 @@
 """The related systems as fusion variants: routes (all kinds), CCL (seed 002) and UniTalking (seed 004)."""
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -391,3 +392,24 @@ def test_variants_save_and_load_with_their_config(tmp_path, preset):
     loaded = JointAVDiT.from_pretrained(tmp_path / "m")
     assert loaded.config == model.config and loaded.config.fusion.kind == preset.split("-")[1]
     torch.testing.assert_close(loaded(inputs).audio, model(inputs).audio, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("preset", "fusion_parts"),
+    [
+        ("alive-14b-ccl", {"fusion.video_from_audio", "fusion.audio_from_video"}),
+        ("alive-14b-unitalking", {"fusion.joint"}),
+    ],
+)
+def test_the_summary_command_lists_the_fusion_of_each_variant_at_alive_14b(preset, fusion_parts, capsys):
+    from alive_models.cli import main
+
+    assert main(["summary", "--preset", preset, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    fusion = {k: v for k, v in summary["parts"].items() if k.startswith("fusion.")}
+    assert set(fusion) == fusion_parts and all(v > 0 for v in fusion.values())
+    assert sum(fusion.values()) == summary["fusion"] > 1e9  # every cross-modal weight, on meta
+    assert ("audio.reference_audio" in summary["parts"]) == preset.endswith("unitalking")
+    assert main(["summary", "--preset", preset]) == 0
+    table = capsys.readouterr().out
+    assert all(f"  {part.split('.')[1]} " in table for part in fusion_parts)

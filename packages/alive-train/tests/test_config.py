@@ -29,9 +29,12 @@ def lr_of(config, name: str) -> float | None:
     return config.optim.default_lr if config.optim.unmatched == "default" else None
 
 
+VARIANTS = {"ccl", "unitalking_audio", "unitalking"}  # seed 002 and seed 004 (issue 12)
+
+
 def test_every_shipped_stage_loads_and_validates():
     stages = list_stages()
-    assert set(stages) == {*TABLE_2, "reference"}
+    assert set(stages) == {*TABLE_2, "reference", *VARIANTS}
     for name in stages:
         config = load_config(name)
         assert config.stage == name
@@ -46,6 +49,30 @@ def test_stage_configs_mirror_table_2(stage):
     assert config.data.volume == volume and config.schedule.epochs == epochs
     assert lr_of(config, "video.dual_blocks.0.vid_attn.to_q.weight") == video_lr
     assert lr_of(config, "audio.blocks.0.mlp.fc1.weight") == audio_lr
+
+
+def test_variant_stages_follow_their_seeds():
+    from alive_models import get_preset
+
+    ccl = load_config("ccl")  # seed 002 §6.1
+    assert get_preset(ccl.model.preset).fusion.kind == "ccl" and ccl.module == "joint"
+    tasks = ccl.data.pipeline["tasks"]
+    assert tasks["probabilities"] == {"t2v_t2a": 0.1, "a2v": 0.15, "v2a": 0.15, "t2va": 0.6}
+    assert tasks["mutual_dropout"] == 0.0  # routing replaces the gate (§3.1)
+    assert lr_of(ccl, "fusion.video_from_audio.0.context_tokens") == 1e-4
+    assert lr_of(ccl, "fusion.audio_from_video.2.attn.to_q.weight") == 1e-4
+    assert lr_of(ccl, "video.dual_blocks.0.vid_attn.to_q.weight") == 1e-5
+    assert lr_of(ccl, "audio.blocks.0.mlp.fc1.weight") == 1e-5
+    pre, joint = load_config("unitalking_audio"), load_config("unitalking")  # seed 004 §4.5
+    for config in (pre, joint):
+        preset = get_preset(config.model.preset)
+        assert preset.fusion.kind == "unitalking" and preset.audio.reference_audio
+    assert pre.module == "t2a" and pre.optim.unmatched == "frozen"
+    assert lr_of(pre, "audio.blocks.0.reference_kv.to_k.weight") == 1e-4
+    assert lr_of(pre, "fusion.joint.0.video_qkv.weight") is None
+    assert set(pre.data.pipeline["tasks"]["probabilities"]) == {"t2a", "tr2av"}
+    assert set(joint.data.pipeline["tasks"]["probabilities"]) == {"t2va", "v2a", "i2va", "tr2av"}
+    assert joint.init_from[0].path == "exports/unitalking_audio"
 
 
 def test_sft_puts_the_audio_side_cross_attention_with_the_audio_tower():
