@@ -419,11 +419,7 @@ def test_ucg_on_a_ccl_model_is_eq_5_and_eq_6_with_the_lct_only_routing(tiny_ccl)
     s_m, s_text = 4.0, 3.0
     for tower in (0, 1):  # video, audio
         eq5 = v_uc_L[tower] + s_m * (v_c_cm[tower] - v_uc_L[tower])
-        eq6 = (
-            v_uc_L[tower]
-            + s_text * (v_c_L[tower] - v_uc_L[tower])
-            + s_m * (v_uc_cm[tower] - v_uc_L[tower])
-        )
+        eq6 = v_uc_L[tower] + s_text * (v_c_L[tower] - v_uc_L[tower]) + s_m * (v_uc_cm[tower] - v_uc_L[tower])
         got5 = GuidedVelocity(model, pos, neg, Guidance(UCG(s_m), UCG(s_m)))(xv, xa, tv, ta)[tower]
         six = MultiModalCFG(s_text, s_m)
         got6 = GuidedVelocity(model, pos, neg, Guidance(six, six))(xv, xa, tv, ta)[tower]
@@ -443,7 +439,7 @@ def test_the_unconditional_cross_modal_state_of_ccl_is_its_context_tokens(tiny_c
     model, config = tiny_ccl, tiny_ccl.config
     neg = conditioning(config, 2, (3, 4, 2, 1), seed=24)
     xv, xa, tv, ta = latents(config, seed=25)
-    video, audio = routed(model, neg, xv, xa, tv, ta, False)
+    video, _ = routed(model, neg, xv, xa, tv, ta, False)
     other_audio = routed(model, neg, xv, torch.randn_like(xa), tv, ta, False)
     torch.testing.assert_close(other_audio[0], video)  # video ignores the audio latents
     tokens = [m.context_tokens for m in model.fusion.video_from_audio]
