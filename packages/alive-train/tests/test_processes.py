@@ -81,10 +81,12 @@ def test_two_processes_train_checkpoint_and_resume_exactly(tmp_path, write_stage
         config.write_text(config.read_text().replace(str(shards), str(tmp_path / "shards")))
     pipeline = load_config(whole).pipeline()
     assert pipeline.tasks.mutual_dropout == 0.3
-    flags = []  # what each rank trains on, step by step
+    flags, ends = [], []  # what each rank trains on, step by step; its position after the last step
     for rank in range(2):
         loader = ResumableLoader(AVStream(pipeline, rank=rank, world_size=2), num_workers=0)
-        flags.append([batch.mutual.tolist() for _ in range(steps) for batch in loader])
+        read = [batch for _ in range(steps) for batch in loader]
+        flags.append([batch.mutual.tolist() for batch in read])
+        ends.append(read[-1].loader_state)
     assert all(sorted([a, b]) == [[False, False], [True, True]] for a, b in zip(*flags, strict=True))
 
     out = run(whole, f"schedule.max_steps={steps}")
@@ -108,7 +110,7 @@ def test_two_processes_train_checkpoint_and_resume_exactly(tmp_path, write_stage
     )
     meta = torch.load(ckpt_split / "meta.pt", weights_only=True)
     positions = meta["StageDataModule"]["positions"]
-    assert len(positions) == 2 and positions[0] != positions[1]  # every rank's own data position
+    assert positions == ends  # every rank's own data position, after the last batch it trained
     trained = load_weights(ckpt_whole, "model")
     initial = build_model(joint_config(ModelConfig(**model_spec)), seed=0).state_dict()
     fusion = [k for k in initial if k.startswith("fusion.")]
