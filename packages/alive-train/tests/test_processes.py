@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -61,7 +62,8 @@ def losses(uri: str, run_id: str) -> dict[int, float]:
 def test_two_processes_train_checkpoint_and_resume_exactly(tmp_path, write_stage_at, shards, model_spec):
     """Two ranks, where every batch of one is all "indep" (mutual dropout) and every batch of the other
     has the exchange on: they train together (no rank waits alone in the fusion's collectives), and a
-    run stopped at step 3 and resumed gives the weights and losses of an uninterrupted one, bitwise.
+    run killed after its step-3 checkpoint and relaunched gives the weights and loss of the
+    uninterrupted one at step 4, bitwise.
     Each rank reads one batch per epoch here, so every step also crosses an epoch boundary."""
     from alive_data.loader import ResumableLoader
     from alive_data.stream import AVStream
@@ -73,7 +75,7 @@ def test_two_processes_train_checkpoint_and_resume_exactly(tmp_path, write_stage
     _rekeyed_shards(shards, tmp_path / "shards", epochs=steps)
     sections = {
         "trainer": {"accelerator": "cpu", "devices": 2, "log_every_n_steps": 1, "progress_bar": False},
-        "checkpoint": {"every_n_steps": 2, "keep_last": 5},
+        "checkpoint": {"every_n_steps": 1, "keep_last": 5},
     }
     whole = write_stage_at(tmp_path / "whole" / "stage.yaml", **sections)
     split = write_stage_at(tmp_path / "split" / "stage.yaml", **sections)
@@ -81,15 +83,20 @@ def test_two_processes_train_checkpoint_and_resume_exactly(tmp_path, write_stage
         config.write_text(config.read_text().replace(str(shards), str(tmp_path / "shards")))
     pipeline = load_config(whole).pipeline()
     assert pipeline.tasks.mutual_dropout == 0.3
-    flags = []  # what each rank trains on, step by step
+    flags, ends = [], []  # what each rank trains on, step by step; its position after the last step
     for rank in range(2):
         loader = ResumableLoader(AVStream(pipeline, rank=rank, world_size=2), num_workers=0)
-        flags.append([batch.mutual.tolist() for _ in range(steps) for batch in loader])
+        read = [batch for _ in range(steps) for batch in loader]
+        flags.append([batch.mutual.tolist() for batch in read])
+        ends.append(read[-1].loader_state)
     assert all(sorted([a, b]) == [[False, False], [True, True]] for a, b in zip(*flags, strict=True))
 
     out = run(whole, f"schedule.max_steps={steps}")
     assert f"steps: {steps} on 2 rank(s)" in out
-    run(split, "schedule.max_steps=3")
+    # The split run is the whole one killed right after its step-3 checkpoint: same run directory
+    # (checkpoints, MLflow run id) without what came later, then relaunched.
+    shutil.copytree(tmp_path / "whole" / "run", tmp_path / "split" / "run")
+    shutil.rmtree(tmp_path / "split" / "run" / "checkpoints" / f"step-{steps:09d}")
     out = run(split, f"schedule.max_steps={steps}")
     assert "resuming from" in out and "step-000000003" in out
     ckpt_whole = latest_checkpoint(tmp_path / "whole" / "run" / "checkpoints")
@@ -100,15 +107,17 @@ def test_two_processes_train_checkpoint_and_resume_exactly(tmp_path, write_stage
     for weights in ("model", "ema"):
         a, b = load_weights(ckpt_whole, weights), load_weights(ckpt_split, weights)
         assert all(torch.equal(a[k], b[k]) for k in a), weights
-    whole_run, split_run = read_info(ckpt_whole)["mlflow"], info["mlflow"]
-    whole_losses = losses(whole_run["uri"], whole_run["run_id"])
-    assert whole_losses == losses(split_run["uri"], split_run["run_id"])
-    assert sorted(whole_losses) == list(range(1, steps + 1)) and all(
-        map(math.isfinite, whole_losses.values())
-    )
+    run_info = info["mlflow"]
+    assert run_info == read_info(ckpt_whole)["mlflow"]  # the relaunch reattached to the same run
+    history = MlflowClient(run_info["uri"]).get_metric_history(run_info["run_id"], "loss/total")
+    by_step: dict[int, list[float]] = {}
+    for m in history:
+        by_step.setdefault(m.step, []).append(m.value)
+    assert sorted(by_step) == list(range(1, steps + 1)) and all(map(math.isfinite, by_step[steps]))
+    assert len(by_step[steps]) == 2 and by_step[steps][0] == by_step[steps][1]  # step 4, twice, equal
     meta = torch.load(ckpt_split / "meta.pt", weights_only=True)
     positions = meta["StageDataModule"]["positions"]
-    assert len(positions) == 2 and positions[0] != positions[1]  # every rank's own data position
+    assert positions == ends  # every rank's own data position, after the last batch it trained
     trained = load_weights(ckpt_whole, "model")
     initial = build_model(joint_config(ModelConfig(**model_spec)), seed=0).state_dict()
     fusion = [k for k in initial if k.startswith("fusion.")]

@@ -33,23 +33,27 @@ def ignore_preemption_signal(_worker_id: int) -> None:
 
 
 class Endless:
-    """Epoch after epoch of a :class:`ResumableLoader` (one pass is one epoch)."""
+    """Epoch after epoch of a :class:`ResumableLoader` (one pass is one epoch). ``resumed``: the
+    loader was restored mid-stream, so its first pass is the rest of an epoch and may be empty (a
+    checkpoint taken right after an epoch's last batch)."""
 
-    def __init__(self, loader: ResumableLoader, rank: int) -> None:
-        self.loader, self.rank = loader, rank
+    def __init__(self, loader: ResumableLoader, rank: int, resumed: bool = False) -> None:
+        self.loader, self.rank, self.resumed = loader, rank, resumed
 
     def __iter__(self) -> Iterator[AVBatch]:
+        rest_of_an_epoch = self.resumed
         while True:
             handed_out = 0
             for batch in self.loader:
                 handed_out += 1
                 yield batch
-            if handed_out == 0:
+            if handed_out == 0 and not rest_of_an_epoch:
                 raise RuntimeError(
                     f"rank {self.rank}: a whole epoch ({self.loader.epoch}) of the data pipeline gave no "
                     "batch; too few samples or shards for this many ranks and workers, or every sample "
                     f"was filtered out (skips: {dict(self.loader.stats())})"
                 )
+            rest_of_an_epoch = False
 
 
 def _gather(obj: Any) -> list[Any]:
@@ -84,7 +88,7 @@ class StageDataModule(L.LightningDataModule):
         self.loader = ResumableLoader(stream, num_workers=workers, **kwargs)
         if self._resume is not None:
             self.loader.load_state_dict(self._resume)
-        return Endless(self.loader, rank)
+        return Endless(self.loader, rank, resumed=self._resume is not None)
 
     def on_before_batch_transfer(self, batch: AVBatch, dataloader_idx: int) -> AVBatch:
         # Called for the batch about to be trained (not the prefetched one): its position is "consumed".
