@@ -435,8 +435,9 @@ class StageModule(L.LightningModule):
             metrics["train/ema_decay"] = self._ema_decay
         if hasattr(datamodule, "epoch"):
             metrics["data/epoch"] = datamodule.epoch
-        for reason, count in skips.items():
-            metrics[f"data/{'kept' if reason == 'kept' else 'skipped/' + reason}"] = count
+        for reason, count in skips.items():  # "filter:rule" reasons: MLflow metric names take no ':'
+            name = "kept" if reason == "kept" else "skipped/" + reason.replace(":", "/")
+            metrics[f"data/{name}"] = count
         if "throughput/samples_per_sec" in metrics:
             self.log(
                 "samples/s",
