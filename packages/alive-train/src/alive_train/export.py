@@ -41,9 +41,7 @@ class PipelineParts:
         """The ``pipeline.json`` of an export of a model with ``config``; ``lineage`` is its source."""
         text = None
         if self.t5 is not None and self.qwen is not None:
-            text = TextEncoderSpec(
-                self.t5, self.qwen, self.transcript, self.text_max_length, self.text_dtype
-            )
+            text = TextEncoderSpec(self.t5, self.qwen, self.transcript, self.text_max_length, self.text_dtype)
         return PipelineSpec(
             self.video_codec, self.audio_codec, config.timeline.fps, text_encoders=text, source=lineage
         )
