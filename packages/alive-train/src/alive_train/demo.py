@@ -273,8 +273,9 @@ def stage_sections(
         "t2a_stage1": [],
         "joint": [{"path": str(exports / "t2a_stage2"), "prefix_map": {"audio.": "audio."}}],  # fresh video
         "sft": [{"path": str(exports / "joint")}],  # the demo's chain skips joint_i2va and ct
+        "refiner": [{"path": str(exports / "reference")}],  # the final base model (shipped: sft)
     }
-    validation = dict(common["validation"])
+    validation = {**common["validation"], "world": {"hires_scale": w["hires_scale"]}}
     validation["every_n_steps"] = max(1, steps // 2)  # mid-run and at the end
     sections = {
         **{k: v for k, v in common.items() if k != "validation"},
