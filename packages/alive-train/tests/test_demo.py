@@ -4,6 +4,7 @@ final export loaded by alive-infer, four playable mp4 files, the printed table."
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -127,7 +128,7 @@ def test_a_short_demo_runs_the_whole_chain_end_to_end(tmp_path, capsys):
     experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
     assert sorted(runs) == sorted(STAGES)
-    for parent, child in zip(STAGES, STAGES[1:], strict=False):
+    for parent, child in itertools.pairwise(STAGES):
         tags = runs[child].data.tags
         assert tags["mlflow.parentRunId"] == runs[parent].info.run_id, child
         assert tags["alive.init_from.0.stage"] == parent

@@ -18,7 +18,6 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from alive_infer.checkpoint import read_pipeline_spec
-
 from alive_train import strategy as strategy_module
 from alive_train.callbacks import NonFiniteLossError
 from alive_train.checkpoint import latest_checkpoint, list_checkpoints, load_weights, read_info

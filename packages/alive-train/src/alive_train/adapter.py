@@ -289,7 +289,8 @@ class BatchAdapter:
         if not bool((slots.all(dim=1) | ~uses).all()):
             raise ValueError(
                 "a batch mixes samples with different numbers of reference images (padded); JointInputs "
-                "masks references per sample, not per slot, so set data.pipeline.buckets.by_reference_count=true"
+                "masks references per sample, not per slot, so set "
+                "data.pipeline.buckets.by_reference_count=true"
             )
         latents = self.encode_references(batch.references.to(device))
         return latents, None if bool(uses.all()) else uses.to(device)

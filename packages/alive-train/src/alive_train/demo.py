@@ -532,8 +532,8 @@ def add_parser(sub) -> None:
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="a stage-config override for every stage (optim.warmup_steps=5), one stage's (joint:flow.shift=5), "
-        "or the demo's own (generate.steps=20, world.batch_size=2); repeatable",
+        help="a stage-config override for every stage (optim.warmup_steps=5), one stage's "
+        "(joint:flow.shift=5), or the demo's own (generate.steps=20, world.batch_size=2); repeatable",
     )
     demo.add_argument(
         "--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes writing the world"
