@@ -30,7 +30,7 @@ DEFAULT_STEPS = {s: preset()["stages"][s]["steps"] for s in STAGES}
         (["--set", "jiont:flow.shift=3"], "unknown stage 'jiont'"),
         (["--set", "generate.stesp=3"], "generate has"),
         (["--set", "no_equals_sign"], "expected KEY=VALUE"),
-        (["--clips", "3"], "--clips 3: at least 8"),
+        (["--clips", "3"], "--clips 3: at least 16"),
         (["--overwrite", "--resume"], "exclude each other"),
     ],
 )
@@ -91,7 +91,7 @@ def test_a_short_demo_runs_the_whole_chain_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     steps = "t2a_stage1=3,t2a_stage2=2,joint=5,sft=5,reference=5,refiner=2"
     fast = ["validation.steps=2", "validation.every_n_steps=1000", "trainer.progress_bar=false"]
-    fast += ["generate.steps=2", "generate.refine_steps=2"]
+    fast += ["generate.steps=2", "generate.refine_steps=2", "world.batch_size=2", "world.hires_clips=4"]
     argv = ["demo", "--out", str(out), "--clips", "8", "--steps", steps, "--workers", "0"]
     assert main([*argv, *[a for s in fast for a in ("--set", s)]]) == 0
     printed = capsys.readouterr().out

@@ -142,8 +142,12 @@ def settings_from_args(args) -> DemoSettings:
     every, per_stage, world, generate = split_overrides(args.set or [])
     world = {**spec["world"], **world}
     clips = args.clips if args.clips is not None else world["clips"]
-    if clips < 8:
-        raise DemoError(f"--clips {clips}: at least 8 (two batches of every kind the stages draw)")
+    least = 4 * int(world["batch_size"])  # the reference stage batches by reference count (2 or 3)
+    if clips < least:
+        raise DemoError(
+            f"--clips {clips}: at least {least} (4 batches of world.batch_size={world['batch_size']}: "
+            "the reference stage batches clips by their number of reference images)"
+        )
     hires = min(clips, world["hires_clips"])
     return DemoSettings(
         out=Path(args.out),
@@ -196,19 +200,18 @@ def write_data(settings: DemoSettings) -> DemoData:
 
     root = settings.out / "data"
     done = root / "done.json"
-    data = DemoData(
-        root / "base" / "shards", root / "hires" / "shards", (root / "text" / "t5", root / "text" / "qwen")
-    )
+    shards, hires_shards = root / "base" / "shards", root / "hires" / "shards"
     if done.is_file():
         print(f"data: reusing {root}", flush=True)
-        return data
+        t5, qwen = json.loads(done.read_text())["text"]
+        return DemoData(shards, hires_shards, (Path(t5), Path(qwen)))
     w = settings.world
     started = time.perf_counter()
-    print(f"data: {settings.clips} world clips (seed {w['seed']}) -> {data.shards}", flush=True)
+    print(f"data: {settings.clips} world clips (seed {w['seed']}) -> {shards}", flush=True)
     write_world_data(root / "base", settings.clips, w["seed"], workers=settings.workers, progress=True)
     hires = WorldConfig(hires_scale=w["hires_scale"])
     print(
-        f"data: {settings.hires_clips} high-resolution clips (x{w['hires_scale']}) -> {data.hires_shards}",
+        f"data: {settings.hires_clips} high-resolution clips (x{w['hires_scale']}) -> {hires_shards}",
         flush=True,
     )
     write_world_data(
@@ -222,10 +225,10 @@ def write_data(settings: DemoSettings) -> DemoData:
         progress=True,
     )
     text = save_tiny_text_models(root / "text")
-    assert text == data.text, text
-    done.write_text(json.dumps({"seconds": time.perf_counter() - started}) + "\n")
-    print(f"data: done in {time.perf_counter() - started:.0f} s", flush=True)
-    return data
+    seconds = time.perf_counter() - started
+    done.write_text(json.dumps({"seconds": seconds, "text": [str(p) for p in text]}) + "\n")
+    print(f"data: done in {seconds:.0f} s", flush=True)
+    return DemoData(shards, hires_shards, text)
 
 
 # -- stage configs -----------------------------------------------------------------------------------
