@@ -3,6 +3,7 @@
 alive-train fit CONFIG [key=value ...]     train a stage (a shipped name such as ``joint`` or a YAML path)
 alive-train export CKPT OUT_DIR            checkpoint -> a JointAVDiT.save_pretrained directory
 alive-train stages                         list the shipped stage configs
+alive-train demo [--out DIR] [...]         the whole chain on the synthetic world, on a CPU, in minutes
 """
 
 from __future__ import annotations
@@ -104,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=_export)
     stages = sub.add_parser("stages", help="list the shipped stage configs")
     stages.set_defaults(func=_stages)
+    from alive_train import demo
+
+    demo.add_parser(sub)
     return parser
 
 

@@ -58,23 +58,33 @@ def write_test_data(root: Path, clips: int = 12) -> tuple[Path, tuple[Path, Path
 
 
 def write_world_data(
-    root: Path, clips: int, seed: int = 0, hires: bool = False, latents: bool = True, world=None
+    root: Path,
+    clips: int,
+    seed: int = 0,
+    hires: bool = False,
+    latents: bool = True,
+    world=None,
+    workers: int = 0,
+    progress: bool = False,
 ) -> Path:
     """Shards of the synthetic world (``alive_data.world``: captions, reference images; ``hires``: the
     high-resolution clips, the refiner's data) with cached latents unless ``latents`` is False.
-    ``world``: an ``alive_data.world.WorldConfig`` (default: the world's own)."""
+    ``world``: an ``alive_data.world.WorldConfig`` (default: the world's own). ``workers`` > 0 renders
+    and writes in that many processes; ``progress`` shows the writer's progress bar."""
     from alive_data.discovery import scan_folder
     from alive_data.world import WorldConfig, write_source_folder
     from alive_data.world.generate import LABELS_FILE
     from alive_data.writer import WriteOptions, write_shards
 
     source = root / "source"
-    write_source_folder(source, clips, seed, world or WorldConfig(), hires=hires)
+    write_source_folder(source, clips, seed, world or WorldConfig(), hires=hires, workers=workers)
     codecs = {"video_codec": CODEC, "audio_codec": CODEC} if latents else {}
     options = WriteOptions(label_table=str(source / LABELS_FILE), **codecs)
     found = scan_folder(source)
-    report = write_shards(found.items, root / "shards", options, shard_samples=4, workers=0, progress=False)
-    if report.written != clips:
+    report = write_shards(
+        found.items, root / "shards", options, shard_samples=4, workers=workers, progress=progress
+    )
+    if report.written + report.already_written != clips:
         raise RuntimeError(f"wrote {report.written} of {clips} world clips: {dict(report.skipped)}")
     return root / "shards"
 
