@@ -215,8 +215,9 @@ class StageModule(L.LightningModule):
         transcript: TranscriptTokenizer | None,
         video_codec: VideoCodec,
         audio_codec: AudioCodec,
+        **options: Any,
     ) -> BatchAdapter:
-        """The stage's batch adapter (stages with their own inputs pass more options)."""
+        """The stage's batch adapter (stages with their own inputs pass more ``options``)."""
         c = self.config
         return BatchAdapter(
             self.joint_config,
@@ -227,6 +228,7 @@ class StageModule(L.LightningModule):
             caption=c.text.caption,
             transcript=transcript,
             streams=self.streams,
+            **options,
         )
 
     def _device_peak(self, device: torch.device) -> float | None:
@@ -573,19 +575,10 @@ class RefinerStage(StageModule):
                 f"{len(wrong)} of their parameters would train, e.g. {wrong[:3]}"
             )
 
-    def build_adapter(self, text, transcript, video_codec, audio_codec) -> BatchAdapter:
+    def build_adapter(self, text, transcript, video_codec, audio_codec, **options) -> BatchAdapter:
         r = self.config.refiner
-        c = self.config
-        return BatchAdapter(
-            self.joint_config,
-            c.flow,
-            text,
-            video_codec,
-            audio_codec,
-            caption=c.text.caption,
-            transcript=transcript,
-            refiner=RefinerFlow(r.t_start, r.degrade_factor),
-        )
+        refiner = RefinerFlow(r.t_start, r.degrade_factor)
+        return super().build_adapter(text, transcript, video_codec, audio_codec, refiner=refiner, **options)
 
     @torch.no_grad()
     def validation_clip(self, prompt: WorldClip, index: int) -> validation.ValidationClip:
