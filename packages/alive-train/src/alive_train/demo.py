@@ -20,7 +20,6 @@ Loss "at start" and "at end" are means of ``loss/total`` over the first and last
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -184,6 +183,15 @@ def prepare_out(out: Path, overwrite: bool, resume: bool) -> None:
 
 
 # -- data --------------------------------------------------------------------------------------------
+WORLD_FIELDS = ("height", "width", "subject_size", "max_subjects")  # world.* keys for WorldConfig
+
+
+def world_fields(world: dict[str, Any]) -> dict[str, Any]:
+    """The ``alive_data.world.WorldConfig`` fields the demo's ``world`` section sets (the training
+    clips, the refiner's, validation's and the final prompts all share them)."""
+    return {k: world[k] for k in WORLD_FIELDS}
+
+
 @dataclass
 class DemoData:
     shards: Path
@@ -208,8 +216,17 @@ def write_data(settings: DemoSettings) -> DemoData:
     w = settings.world
     started = time.perf_counter()
     print(f"data: {settings.clips} world clips (seed {w['seed']}) -> {shards}", flush=True)
-    write_world_data(root / "base", settings.clips, w["seed"], workers=settings.workers, progress=True)
-    hires = WorldConfig(hires_scale=w["hires_scale"])
+    size = world_fields(w)
+    write_world_data(
+        root / "base",
+        settings.clips,
+        w["seed"],
+        world=WorldConfig(**size),
+        workers=settings.workers,
+        progress=True,
+        video_codec=w["video_codec"],
+    )
+    hires = WorldConfig(hires_scale=w["hires_scale"], **size)
     print(
         f"data: {settings.hires_clips} high-resolution clips (x{w['hires_scale']}) -> {hires_shards}",
         flush=True,
@@ -235,9 +252,9 @@ def write_data(settings: DemoSettings) -> DemoData:
 def model_section(settings: DemoSettings) -> dict[str, Any]:
     """The ``model`` section: the tiny preset (or its fusion variant) on the codecs' latent widths,
     with the ``--model`` preset's overrides."""
-    from alive_train.testing import TINY_MODEL
+    from alive_train.testing import model_for_codec
 
-    model = copy.deepcopy(TINY_MODEL)
+    model = model_for_codec(settings.world["video_codec"])
     if settings.fusion != "ta_cross_attn":
         model["preset"] = f"tiny-{settings.fusion}"  # alive_models' variant presets (same towers)
     for part, values in preset()["models"][settings.model].items():
@@ -260,17 +277,18 @@ def stage_sections(
     w = settings.world
     pipeline = {
         "sources": [{"name": "world", "urls": str(data.hires_shards if refiner else data.shards)}],
-        "format": data_format(),
+        "format": data_format(w["video_codec"]),
         "filter": {"preset": None, "rules": []},
         "shuffle_buffer": 16,
         "buckets": {"batch_size": w["batch_size"], "latent_frames": [13]},
         "tasks": tasks,
-        "latents": {"video": CODEC, "audio": CODEC},
+        "latents": {"video": w["video_codec"], "audio": CODEC},
     }
     if refiner:  # pixels: the degraded input is made from them in the step
         side = w["hires_scale"]
         pipeline["latents"] = None
-        pipeline["buckets"] = {"batch_size": 2, "resolutions": [[48 * side, 64 * side]], "frames": [49]}
+        hires = [w["height"] * side, w["width"] * side]
+        pipeline["buckets"] = {"batch_size": 2, "resolutions": [hires], "frames": [49]}
     exports = settings.out / "exports"
     init_from = {
         "t2a_stage1": [],
@@ -278,13 +296,14 @@ def stage_sections(
         "sft": [{"path": str(exports / "joint")}],  # the demo's chain skips joint_i2va and ct
         "refiner": [{"path": str(exports / "reference")}],  # the final base model (shipped: sft)
     }
-    validation = {**common["validation"], "world": {"hires_scale": w["hires_scale"]}}
+    validation = {**common["validation"], "world": {"hires_scale": w["hires_scale"], **world_fields(w)}}
     validation["every_n_steps"] = max(1, steps // 2)  # mid-run and at the end
     sections = {
         **{k: v for k, v in common.items() if k != "validation"},
         **own,
         "base": stage,
         "model": model_section(settings),
+        "codecs": {"video": w["video_codec"], "audio": CODEC},
         "data": {"num_workers": 0, "volume": None, "pipeline": pipeline},
         "schedule": {"max_steps": steps, "epochs": None},
         "optim": {"warmup_steps": 0, **own.get("optim", {})},
@@ -294,9 +313,29 @@ def stage_sections(
         "run": {"dir": str(settings.out / "runs" / stage)},
         "paths": {"exports": str(exports)},
     }
+    if settings.fusion == "unitalking" and "groups" in sections["optim"]:
+        sections["optim"] = {
+            **sections["optim"],
+            "groups": joint_attention_groups(sections["optim"]["groups"]),
+        }
     if stage in init_from:
         sections["init_from"] = init_from[stage]
     return sections, () if stage in init_from else ("init_from",)
+
+
+def joint_attention_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Parameter groups for UniTalking's fusion, which has no per-direction modules: its joint
+    attention writes into both towers, so it takes the audio-side cross-attention group's (lower)
+    rate, and the video-side group goes (a pattern that matches nothing is an error)."""
+    out = []
+    for group in groups:
+        pattern = group["pattern"]
+        if pattern.startswith(r"^fusion\.(video_from_audio"):
+            continue
+        if pattern.startswith(r"^fusion\.(audio_from_video"):
+            group = {**group, "pattern": r"^fusion\."}
+        out.append(group)
+    return out
 
 
 def write_stage_config(stage: str, settings: DemoSettings, data: DemoData) -> Path:
@@ -415,7 +454,7 @@ def generate_clips(settings: DemoSettings) -> list[ClipResult]:
     g, w = settings.generate, settings.world
     exports = settings.out / "exports"
     pipe = AlivePipeline.from_pretrained(exports / "reference", refiner=exports / "refiner")
-    world = WorldConfig()
+    world = WorldConfig(**world_fields(w))
     seed = ValidationConfig().seed + 17  # held out: training uses world seed 0, validation clips 0..n
     prompts = [generate_clip(i, seed, world) for i in range(len(HELD_OUT))]
     guidance = Guidance.unguided() if g["guidance"] == "unguided" else Guidance()

@@ -32,12 +32,27 @@ TINY_MODEL: dict[str, Any] = {
 CODEC = "deterministic"
 
 
-def data_format() -> dict[str, Any]:
-    """The pipeline's ``format`` for the deterministic codecs at 24 fps."""
+def data_format(video_codec: str = CODEC) -> dict[str, Any]:
+    """The pipeline's ``format`` for the deterministic codecs (``video_codec``: a deterministic spec)
+    at 24 fps."""
     from alive_data.avformat import AVFormat
     from alive_models.codecs import audio_codec_from_spec, video_codec_from_spec
 
-    return AVFormat.from_codecs(24, video_codec_from_spec(CODEC), audio_codec_from_spec(CODEC)).to_dict()
+    video, audio = video_codec_from_spec(video_codec), audio_codec_from_spec(CODEC)
+    return AVFormat.from_codecs(24, video, audio).to_dict()
+
+
+def model_for_codec(video_codec: str = CODEC) -> dict[str, Any]:
+    """The ``model`` section of :data:`TINY_MODEL` with the video tower's channels set to
+    ``video_codec``'s latent width (e.g. 48 for ``deterministic:spatial_stride=2``)."""
+    from alive_models.codecs import video_codec_from_spec
+
+    channels = video_codec_from_spec(video_codec).geometry.channels
+    model = copy.deepcopy(TINY_MODEL)
+    model["overrides"]["video"].update(
+        latent_channels=channels, in_channels=2 * channels + 4, out_channels=channels
+    )
+    return model
 
 
 def write_test_data(root: Path, clips: int = 12) -> tuple[Path, tuple[Path, Path]]:
@@ -66,11 +81,13 @@ def write_world_data(
     world=None,
     workers: int = 0,
     progress: bool = False,
+    video_codec: str = CODEC,
 ) -> Path:
     """Shards of the synthetic world (``alive_data.world``: captions, reference images; ``hires``: the
     high-resolution clips, the refiner's data) with cached latents unless ``latents`` is False.
     ``world``: an ``alive_data.world.WorldConfig`` (default: the world's own). ``workers`` > 0 renders
-    and writes in that many processes; ``progress`` shows the writer's progress bar."""
+    and writes in that many processes; ``progress`` shows the writer's progress bar; ``video_codec``:
+    the deterministic video codec of the cached latents."""
     from alive_data.discovery import scan_folder
     from alive_data.world import WorldConfig, write_source_folder
     from alive_data.world.generate import LABELS_FILE
@@ -78,7 +95,7 @@ def write_world_data(
 
     source = root / "source"
     write_source_folder(source, clips, seed, world or WorldConfig(), hires=hires, workers=workers)
-    codecs = {"video_codec": CODEC, "audio_codec": CODEC} if latents else {}
+    codecs = {"video_codec": video_codec, "audio_codec": CODEC} if latents else {}
     options = WriteOptions(label_table=str(source / LABELS_FILE), **codecs)
     found = scan_folder(source)
     report = write_shards(
