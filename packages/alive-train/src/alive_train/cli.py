@@ -1,7 +1,7 @@
 """``alive-train``: run a training stage, export a checkpoint.
 
 alive-train fit CONFIG [key=value ...]     train a stage (a shipped name such as ``joint`` or a YAML path)
-alive-train export CKPT OUT_DIR            checkpoint -> a JointAVDiT.save_pretrained directory
+alive-train export CKPT OUT_DIR            checkpoint -> an alive-infer pipeline directory
 alive-train stages                         list the shipped stage configs
 alive-train demo [--out DIR] [...]         the whole chain on the synthetic world, on a CPU, in minutes
 """
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("config", help="a shipped stage name (alive-train stages) or a YAML file")
     fit.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. schedule.max_steps=100")
     fit.set_defaults(func=_fit)
-    export = sub.add_parser("export", help="checkpoint -> a JointAVDiT.save_pretrained directory")
+    export = sub.add_parser("export", help="checkpoint -> an alive-infer pipeline directory")
     export.add_argument(
         "checkpoint", help="a checkpoint directory, or a directory of them (the newest is taken)"
     )
