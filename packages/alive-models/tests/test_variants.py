@@ -216,8 +216,10 @@ def test_lct_only_is_not_the_identity():
         assert module.context_tokens.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("preset", ["tiny-ccl", "tiny-unitalking"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny-ccl", "tiny-unitalking"])
 def test_clean_stream_enters_the_other_tower_detached(preset):
+    """a2v / v2a (seed 002 eq. 7), every fusion: the clean stream conditions the other without being
+    trained by it; detaching changes gradients only, never values."""
     model, inputs = model_and_inputs(preset)
     inputs.video.requires_grad_()
     inputs.audio.requires_grad_()
