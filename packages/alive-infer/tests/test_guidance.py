@@ -244,12 +244,7 @@ def direct(model, cond, xv, xa, tv, ta, mutual, **extra):
             audio=xa,
             t_video=tv,
             t_audio=ta,
-            video_texts=cond.video_texts,
-            video_text_masks=cond.video_text_masks,
-            audio_caption=cond.audio_caption,
-            audio_caption_mask=cond.audio_caption_mask,
-            transcript_ids=cond.transcript_ids,
-            transcript_mask=cond.transcript_mask,
+            **vars(cond),
             mutual=torch.full((xv.shape[0],), mutual),
             **extra,
         )
@@ -331,12 +326,7 @@ def test_one_tower_runs_alone_and_its_states_collapse(tiny, tower):
             **keep,
             t_video=tv,
             t_audio=ta,
-            video_texts=cond.video_texts,
-            video_text_masks=cond.video_text_masks,
-            audio_caption=cond.audio_caption,
-            audio_caption_mask=cond.audio_caption_mask,
-            transcript_ids=cond.transcript_ids,
-            transcript_mask=cond.transcript_mask,
+            **vars(cond),
         )
         out = tiny(inputs)
         assert (out.video is None) == (tower == "audio") and (out.audio is None) == (tower == "video")

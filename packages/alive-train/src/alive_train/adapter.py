@@ -363,12 +363,7 @@ class BatchAdapter:
             audio=x_audio,
             t_video=t_video,
             t_audio=t_audio,
-            video_texts=cond.video_texts,
-            audio_caption=cond.audio_caption,
-            video_text_masks=cond.video_text_masks,
-            audio_caption_mask=cond.audio_caption_mask,
-            transcript_ids=cond.transcript_ids,
-            transcript_mask=cond.transcript_mask,
+            **vars(cond),  # CaptionConditioning holds JointInputs' text fields, field for field
             video_condition=condition,
             references=references,
             reference_mask=reference_mask,
