@@ -40,7 +40,15 @@ from alive_models.config import JointConfig
 from alive_models.flow import DEFAULT_SHIFT
 from alive_models.joint import JointAVDiT
 from alive_models.mp4 import atomic_path
-from alive_models.pretrained import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME, match_weights, read_config
+from alive_models.pretrained import (
+    CONFIG_NAME,
+    INDEX_NAME,
+    WEIGHTS_NAME,
+    match_weights,
+    process_rank,
+    read_config,
+    swap_in,
+)
 
 SPEC_NAME = "pipeline.json"
 SPEC_FORMAT = "alive-pipeline"
@@ -359,10 +367,6 @@ def _is_export_file(name: str, refiner: str | None) -> bool:
     return own or name == refiner
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -395,30 +399,19 @@ def save_pipeline(
                 f"{path} holds files an export did not write ({foreign[:5]}); not replacing it"
             )
     staging = path.with_name(f".{path.name}.export-staging")
-    if _rank() == 0:
+    if process_rank() == 0:
         shutil.rmtree(staging, ignore_errors=True)
     _barrier()
     try:
         model.save_pretrained(staging, max_shard_size=max_shard_size, dtype=dtype)
         if refiner is not None:
             refiner.save_pretrained(staging / refiner_dir, max_shard_size=max_shard_size, dtype=dtype)
-        if _rank() == 0:
+        if process_rank() == 0:
             write_pipeline_spec(staging, spec)
-            _swap_in(staging, path)
+            swap_in(staging, path)
     except BaseException:
-        if _rank() == 0:
+        if process_rank() == 0:
             shutil.rmtree(staging, ignore_errors=True)
         raise
     _barrier()
     return path
-
-
-def _swap_in(staging: Path, path: Path) -> None:
-    if not path.exists():
-        staging.rename(path)
-        return
-    old = path.with_name(f".{path.name}.export-old")
-    shutil.rmtree(old, ignore_errors=True)
-    path.rename(old)
-    staging.rename(path)
-    shutil.rmtree(old)

@@ -48,7 +48,8 @@ def _is_sharded(model: nn.Module) -> bool:
     return any(isinstance(t, DTensor) for t in model.state_dict().values())
 
 
-def _rank() -> int:
+def process_rank() -> int:
+    """This process's rank under torch.distributed (0 when it is not initialised)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
@@ -60,7 +61,7 @@ def full_state_dict(model: nn.Module) -> dict[str, Tensor] | None:
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = get_model_state_dict(model, options=options)
-        return state if _rank() == 0 else None
+        return state if process_rank() == 0 else None
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
@@ -87,7 +88,7 @@ def save_weights(
     if foreign:
         raise FileExistsError(f"{path} holds files a save did not write ({foreign[:5]}); not replacing it")
     state = full_state_dict(model)
-    if state is not None and _rank() == 0:
+    if state is not None and process_rank() == 0:
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         state = {k: v.contiguous() for k, v in state.items()}
@@ -106,7 +107,7 @@ def save_weights(
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _swap_in(tmp, path)
+        swap_in(tmp, path)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # nobody reads the directory before rank 0 has finished writing it
 
@@ -117,12 +118,13 @@ def _is_own_file(name: str) -> bool:
     )
 
 
-def _swap_in(tmp: Path, path: Path) -> None:
+def swap_in(tmp: Path, path: Path) -> None:
     """Replace ``path`` by the finished ``tmp`` with renames (the old copy exists until the new one does)."""
     if not path.exists():
         tmp.rename(path)
         return
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)  # left by a crashed swap of a process with this pid
     path.rename(old)
     tmp.rename(path)
     shutil.rmtree(old)
