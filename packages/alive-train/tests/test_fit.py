@@ -48,6 +48,7 @@ def trained(tmp_path_factory, write_stage_at, run_stage):
         schedule={"max_steps": STEPS, "epochs": None},
         checkpoint={"every_n_steps": 3, "keep_last": 5},
         monitor={"window": 2, "peak_tflops": 0.001},
+        evaluation={"enabled": True, "batches": 3},
     )
     result = run_stage(path)
     return path, result
@@ -98,6 +99,22 @@ def test_training_logs_losses_throughput_and_lineage_to_mlflow(trained):
         assert abs(mfu[step] - tflops[step] / 0.001) < 1e-6 * mfu[step]
         per_sample = tokens[step] / samples[step]  # 7 latent frames x (3..4 x 4) patches + 27 audio latents
         assert 7 * 3 * 4 + 27 - 1e-6 <= per_sample <= 7 * 4 * 4 + 27 + 1e-6
+
+
+def test_the_fixed_batch_loss_is_logged_at_start_and_end_and_depends_only_on_the_weights(trained):
+    _, result = trained
+    uri, run_id = result.run.uri, result.run.run_id
+    total, video, audio = (metric(uri, run_id, f"eval/loss/{part}") for part in ("total", "video", "audio"))
+    assert sorted(total) == [0, STEPS]  # the weights it started from, the weights it exported (EMA)
+    assert all(abs(total[s] - video[s] - audio[s]) < 1e-6 for s in total)
+    assert total[0] != total[STEPS]
+    module = result.module
+    with module.ema.swapped():  # again, later, after other randomness: the same batches, times and noise
+        again = module.fixed_batch_loss()
+    assert again["eval/loss/total"] == pytest.approx(total[STEPS], rel=1e-6)
+    assert again["eval/loss/audio"] == pytest.approx(audio[STEPS], rel=1e-6)
+    raw = module.fixed_batch_loss()  # the live weights are not the exported EMA: another figure
+    assert raw["eval/loss/total"] != again["eval/loss/total"]
 
 
 def test_checkpoints_are_sharded_complete_and_exported(trained):

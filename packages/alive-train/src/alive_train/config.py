@@ -175,6 +175,21 @@ class ValidationConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """The stage's loss on fixed batches before and after training, the figure to compare (one
+    step's training loss is of another batch at other flow times): the first ``batches`` batches of
+    the stage's pipeline with its seed replaced by ``seed``, read from ``urls`` (held-out shards;
+    null: the training sources), each with flow times and noise fixed by ``seed``. Logged as
+    ``eval/loss/{total,video,audio}`` at step 0 with the weights the stage starts from and at the
+    last step with the weights it exports (``export.weights``)."""
+
+    enabled: bool = False
+    batches: int = 4
+    urls: str | None = None
+    seed: int = 2_000_003
+
+
+@dataclass
 class ScheduleConfig:
     """Either ``max_steps``, or ``epochs`` with ``data.volume``:
     steps = ceil(epochs * volume / global batch)."""
@@ -268,6 +283,7 @@ class StageConfig:
     data: DataConfig = field(default_factory=DataConfig)
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -359,6 +375,8 @@ def _problems(c: StageConfig):
     else:
         if v.frames is not None and not 1 <= v.frames <= world.num_frames:
             yield f"validation.frames: 1 .. {world.num_frames} (the world's clip length)"
+    if c.evaluation.batches < 1:
+        yield f"evaluation.batches: at least 1, got {c.evaluation.batches}"
     try:
         get_preset(c.model.preset)
     except KeyError as e:

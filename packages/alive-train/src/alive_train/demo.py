@@ -14,8 +14,11 @@
 4. Prints a table: per stage the loss at start and end and the wall time; per clip the world's metrics;
    the mp4 paths; the MLflow store and the ``mlflow ui`` command.
 
-Loss "at start" and "at end" are means of ``loss/total`` over the first and last fifth of the steps
-(one step's loss swings with its random flow times; a window averages that out).
+Loss "start" and "end" are each stage's loss on fixed held-out batches (clips of another world seed,
+fixed flow times and noise; ``alive_train.evaluation``) with the weights it starts from and the
+weights it exports, so they differ only by what the stage learnt. The training loss's first and last
+fifth are printed beside them: those windows see other batches at other times, and within a short
+stage the batches' content moves the loss more than the weights do.
 """
 
 from __future__ import annotations
@@ -194,58 +197,59 @@ def world_fields(world: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class DemoData:
-    shards: Path
-    hires_shards: Path
+    root: Path
     text: tuple[Path, Path]
+
+    def shards(self, hires: bool = False, heldout: bool = False) -> Path:
+        """Training shards (base or the refiner's high-resolution clips), or their held-out twins."""
+        return self.root / ("heldout" if heldout else "train") / ("hires" if hires else "base") / "shards"
 
 
 def write_data(settings: DemoSettings) -> DemoData:
-    """World clips -> shards (base: cached latents; hires: pixels), and the tiny caption encoders.
-    Skipped when a previous run completed it (``data/done.json``)."""
+    """World clips -> shards (base: cached latents; hires: pixels), the same from another world seed
+    for the held-out loss, and the tiny caption encoders. Skipped when a previous run completed it
+    (``data/done.json``)."""
     from alive_data.world import WorldConfig
     from alive_models.testing import save_tiny_text_models
     from alive_train.testing import write_world_data
 
     root = settings.out / "data"
     done = root / "done.json"
-    shards, hires_shards = root / "base" / "shards", root / "hires" / "shards"
     if done.is_file():
         print(f"data: reusing {root}", flush=True)
-        t5, qwen = json.loads(done.read_text())["text"]
-        return DemoData(shards, hires_shards, (Path(t5), Path(qwen)))
+        return DemoData(root, tuple(Path(p) for p in json.loads(done.read_text())["text"]))
     w = settings.world
     started = time.perf_counter()
-    print(f"data: {settings.clips} world clips (seed {w['seed']}) -> {shards}", flush=True)
+    data = DemoData(root, save_tiny_text_models(root / "text"))
     size = world_fields(w)
-    write_world_data(
-        root / "base",
-        settings.clips,
-        w["seed"],
-        world=WorldConfig(**size),
-        workers=settings.workers,
-        progress=True,
-        video_codec=w["video_codec"],
+    parts = (  # (clips, hires, held out)
+        (settings.clips, False, False),
+        (settings.hires_clips, True, False),
+        (w["heldout_clips"], False, True),
+        (w["heldout_hires_clips"], True, True),
     )
-    hires = WorldConfig(hires_scale=w["hires_scale"], **size)
-    print(
-        f"data: {settings.hires_clips} high-resolution clips (x{w['hires_scale']}) -> {hires_shards}",
-        flush=True,
-    )
-    write_world_data(
-        root / "hires",
-        settings.hires_clips,
-        w["seed"],
-        hires=True,
-        latents=False,
-        world=hires,
-        workers=settings.workers,
-        progress=True,
-    )
-    text = save_tiny_text_models(root / "text")
+    for clips, hires, heldout in parts:
+        shards = data.shards(hires, heldout)
+        seed = w["seed"] + 1 if heldout else w["seed"]  # held out: another world seed
+        kind = "high-resolution clips (x{}) ".format(w["hires_scale"]) if hires else "clips "
+        print(
+            f"data: {clips} {'held-out ' if heldout else ''}{kind}(world seed {seed}) -> {shards}", flush=True
+        )
+        write_world_data(
+            shards.parent,
+            clips,
+            seed,
+            hires=hires,
+            latents=not hires,  # the refiner's input is made from pixels in the step
+            world=WorldConfig(hires_scale=w["hires_scale"], **size) if hires else WorldConfig(**size),
+            workers=settings.workers,
+            progress=True,
+            video_codec=w["video_codec"],
+        )
     seconds = time.perf_counter() - started
-    done.write_text(json.dumps({"seconds": seconds, "text": [str(p) for p in text]}) + "\n")
+    done.write_text(json.dumps({"seconds": seconds, "text": [str(p) for p in data.text]}) + "\n")
     print(f"data: done in {seconds:.0f} s", flush=True)
-    return DemoData(shards, hires_shards, text)
+    return data
 
 
 # -- stage configs -----------------------------------------------------------------------------------
@@ -276,7 +280,7 @@ def stage_sections(
     refiner = stage == "refiner"
     w = settings.world
     pipeline = {
-        "sources": [{"name": "world", "urls": str(data.hires_shards if refiner else data.shards)}],
+        "sources": [{"name": "world", "urls": str(data.shards(hires=refiner))}],
         "format": data_format(w["video_codec"]),
         "filter": {"preset": None, "rules": []},
         "shuffle_buffer": 16,
@@ -309,6 +313,7 @@ def stage_sections(
         "optim": {"warmup_steps": 0, **own.get("optim", {})},
         "checkpoint": {**common["checkpoint"], "every_n_steps": steps},
         "validation": validation,
+        "evaluation": {**common["evaluation"], "urls": str(data.shards(hires=refiner, heldout=True))},
         "tracking": {"uri": tracking_uri(settings.out), "experiment": EXPERIMENT, "run_name": stage},
         "run": {"dir": str(settings.out / "runs" / stage)},
         "paths": {"exports": str(exports)},
@@ -343,7 +348,7 @@ def write_stage_config(stage: str, settings: DemoSettings, data: DemoData) -> Pa
     from alive_train.testing import stage_dict
 
     sections, inherit = stage_sections(stage, settings, data)
-    config = stage_dict(data.shards, data.text, settings.out / "runs" / stage, inherit, **sections)
+    config = stage_dict(data.shards(), data.text, settings.out / "runs" / stage, inherit, **sections)
     path = settings.out / "configs" / f"{STAGES.index(stage) + 1:02d}_{stage}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     header = f"# written by alive-train demo; rerun this stage with: alive-train fit {path}\n"
@@ -362,8 +367,10 @@ class StageResult:
 
     stage: str
     steps: int
-    loss_start: float
-    loss_end: float
+    loss_start: float  # fixed held-out batches, the weights the stage started from
+    loss_end: float  # the same batches, times and noise, the weights it exported
+    train_start: float  # training loss/total, mean of the first fifth of the steps
+    train_end: float  # ... and of the last fifth
     seconds: float
     run_id: str
     export: str
@@ -386,11 +393,11 @@ def loss_window(losses: list[float]) -> tuple[float, float]:
     return sum(losses[:n]) / n, sum(losses[-n:]) / n
 
 
-def stage_losses(uri: str, run_id: str) -> list[float]:
-    """``loss/total`` of a run, in step order."""
+def metric_history(uri: str, run_id: str, key: str) -> list[float]:
+    """A metric of a run, in step order."""
     from mlflow.tracking import MlflowClient
 
-    history = MlflowClient(uri).get_metric_history(run_id, "loss/total")
+    history = MlflowClient(uri).get_metric_history(run_id, key)
     return [m.value for m in sorted(history, key=lambda m: m.step)]
 
 
@@ -411,12 +418,15 @@ def run_stage(stage: str, settings: DemoSettings, data: DemoData) -> StageResult
     seconds = time.perf_counter() - started
     if result.export_dir is None:
         raise RuntimeError(f"{stage} stopped before its export (pre-empted?); rerun with --resume")
-    start, end = loss_window(stage_losses(result.run.uri, result.run.run_id))
+    uri, run_id = result.run.uri, result.run.run_id
+    fixed = metric_history(uri, run_id, "eval/loss/total")  # step 0 and the last step
+    if len(fixed) != 2:
+        raise RuntimeError(f"{stage}: expected the fixed-batch loss at start and end, got {fixed}")
     out = StageResult(
         stage,
         result.trainer.global_step,
-        start,
-        end,
+        *fixed,
+        *loss_window(metric_history(uri, run_id, "loss/total")),
         seconds,
         result.run.run_id,
         str(result.export_dir),
@@ -497,12 +507,18 @@ def _fmt(x: float, spec: str = ".4f") -> str:
 
 def format_table(stages: list[StageResult], clips: list[ClipResult], out: Path) -> str:
     """The demo's summary: stages, clips, files and the MLflow command."""
-    lines = ["", "stage        steps  loss start  loss end   wall s  run"]
+    lines = [
+        "",
+        "loss start/end: held-out batches, fixed times and noise, the stage's first and exported weights",
+        "train first/last: mean training loss over the first and last fifth of the steps",
+        "",
+        "stage        steps  loss start  loss end  train first  train last   wall s  run",
+    ]
     for s in stages:
         flag = "" if s.decreased else "   WARNING: loss did not decrease"
         lines.append(
             f"{s.stage:12s} {s.steps:5d}  {_fmt(s.loss_start):>10s}  {_fmt(s.loss_end):>8s}  "
-            f"{s.seconds:7.1f}  {s.run_id}{flag}"
+            f"{_fmt(s.train_start):>11s}  {_fmt(s.train_end):>10s}  {s.seconds:7.1f}  {s.run_id}{flag}"
         )
     lines += ["", "clip      AV offset ms  CER     event recall  subject fidelity  reference fidelity"]
     for c in clips:

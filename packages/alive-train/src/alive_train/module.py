@@ -37,7 +37,7 @@ from alive_models.flops import forward_flops
 from alive_models.flow import flow_loss, refiner_source
 from alive_models.parallel import ParallelPlan, parallelize_joint
 from alive_models.text import TextConditioner, TranscriptTokenizer
-from alive_train import preemption, validation
+from alive_train import evaluation, preemption, validation
 from alive_train.adapter import (
     TASK_NAMES,
     BatchAdapter,
@@ -125,6 +125,7 @@ class StageModule(L.LightningModule):
         self._last_logged = -1
         self._ema_decay = float("nan")
         self._grad_norms: list[Tensor] = []
+        self._fixed_batches: list | None = None
 
     # -- model -----------------------------------------------------------------------------------
     @property
@@ -409,9 +410,55 @@ class StageModule(L.LightningModule):
         print("validation " + progress_line(self.global_step, metrics), flush=True)
         return metrics
 
+    # -- fixed-batch loss ------------------------------------------------------------------------
+    @torch.no_grad()
+    def fixed_batch_loss(self) -> dict[str, float]:
+        """``eval/loss/*`` of the current weights on the fixed batches (``alive_train.evaluation``);
+        every rank calls this (a collective)."""
+        if self._fixed_batches is None:
+            self._fixed_batches = evaluation.fixed_batches(self.config)
+        seed, device = self.config.evaluation.seed, self.trainer.strategy.root_device
+        count = len(self._fixed_batches)
+        sums = torch.zeros(len(evaluation.PARTS) + 1, device=device)
+        for i in validation.my_share(count, self.global_rank, self.trainer.world_size):
+            fb = self.flow_batch(
+                self._fixed_batches[i or 0], evaluation.batch_generator(seed, i or 0, device)
+            )
+            losses = self.losses(fb, self.model(fb.inputs))
+            if i is not None:
+                sums += torch.stack(
+                    [*(losses[p].detach().float() for p in evaluation.PARTS), sums.new_ones(())]
+                )
+        return evaluation.mean_losses(sums)
+
+    def log_fixed_batch_loss(self, when: str) -> dict[str, float]:
+        """Evaluate with the weights the stage exports (at step 0: the ones it starts from), log to
+        MLflow at the current step and print one line."""
+        swap = (
+            self.ema.swapped()
+            if self.config.export.weights == "ema" and self.ema is not None
+            else contextlib.nullcontext()
+        )
+        with swap:
+            metrics = self.fixed_batch_loss()
+        if self.trainer.is_global_zero:
+            if self.logger is not None:
+                self.logger.log_metrics(metrics, step=self.global_step)
+            parts = "  ".join(f"{k.rsplit('/', 1)[1]} {v:.4f}" for k, v in metrics.items())
+            n = len(self._fixed_batches)
+            print(f"fixed-batch loss {when} (step {self.global_step}, {n} batches): {parts}", flush=True)
+        return metrics
+
     # -- logging -------------------------------------------------------------------------------
     def on_train_start(self) -> None:
+        if self.config.evaluation.enabled and self.global_step == 0:
+            self.log_fixed_batch_loss("at start")
         self.throughput.start(time.perf_counter())
+
+    def on_train_end(self) -> None:
+        finished = self.global_step >= self.trainer.max_steps
+        if self.config.evaluation.enabled and finished and not self.preempted and self.stop_reason is None:
+            self.log_fixed_batch_loss("at end")
 
     def pause_throughput_clock(self, seconds: float) -> None:
         self.throughput.pause(seconds)

@@ -53,8 +53,9 @@ def prompts(count: int, seed: int, world: WorldConfig | None = None) -> list[Wor
 
 
 def my_share(count: int, rank: int, world_size: int) -> list[int | None]:
-    """The prompt indices rank ``rank`` generates; every rank gets the same number of entries (None:
-    a padding run whose clip is dropped), so FSDP's collectives match across ranks."""
+    """The indices of ``count`` items (prompts, fixed batches) rank ``rank`` runs; every rank gets the
+    same number of entries (None: a padding run whose result is dropped), so FSDP's collectives match
+    across ranks."""
     per_rank = math.ceil(count / world_size)
     mine: list[int | None] = list(range(rank, count, world_size))
     return mine + [None] * (per_rank - len(mine))
