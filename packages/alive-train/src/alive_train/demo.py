@@ -216,8 +216,10 @@ def write_data(settings: DemoSettings) -> DemoData:
     root = settings.out / "data"
     done = root / "done.json"
     if done.is_file():
-        print(f"data: reusing {root}", flush=True)
-        return DemoData(root, tuple(Path(p) for p in json.loads(done.read_text())["text"]))
+        data = DemoData(root, tuple(Path(p) for p in json.loads(done.read_text())["text"]))
+        if all(data.shards(h, o).is_dir() for h in (False, True) for o in (False, True)):
+            print(f"data: reusing {root}", flush=True)
+            return data
     w = settings.world
     started = time.perf_counter()
     data = DemoData(root, save_tiny_text_models(root / "text"))
