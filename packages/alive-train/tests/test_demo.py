@@ -116,6 +116,9 @@ def test_a_short_demo_runs_the_whole_chain_end_to_end(tmp_path, capsys):
     # Four playable clips: H.264 + AAC, 49 frames and 49/24 s of sound; the refined one at 2x.
     clips = {c["name"]: c for c in summary["clips"]}
     assert list(clips) == list(CLIPS)
+    for stage in STAGES:  # sampled at the shift they were trained with (the demo's 3, not the default 7)
+        spec = json.loads((out / "exports" / stage / "pipeline.json").read_text())
+        assert spec["sampling"]["shift"] == preset()["common"]["flow"]["shift"] == 3.0, stage
     for name, clip in clips.items():
         assert clip["path"] in printed
         vcodec, acodec, frames, seconds, size = decode(Path(clip["path"]))

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from alive_infer.checkpoint import SPEC_NAME, PipelineSpec, TextEncoderSpec, save_pipeline
+from alive_infer.checkpoint import SPEC_NAME, PipelineSpec, SamplingDefaults, TextEncoderSpec, save_pipeline
 from alive_models import JointAVDiT, JointConfig
+from alive_models.flow import DEFAULT_SHIFT
 from alive_train.checkpoint import load_weights, read_info
 
 
@@ -27,7 +28,8 @@ from alive_train.checkpoint import load_weights, read_info
 class PipelineParts:
     """What an export needs besides the weights to be an alive-infer pipeline directory: the codecs
     (``alive_models.codecs`` spec strings) and the caption encoders it was trained with (None: they
-    are given at load time)."""
+    are given at load time), and the flow shift it was trained with (the sampler's default: a model
+    trained at one shift and sampled at another spends its steps at the wrong noise levels)."""
 
     video_codec: str
     audio_codec: str
@@ -36,6 +38,7 @@ class PipelineParts:
     transcript: str | None = None  # tokenizer directory; None = the Qwen one
     text_max_length: int = 512
     text_dtype: str = "bfloat16"
+    shift: float = DEFAULT_SHIFT
 
     def spec(self, config: JointConfig, lineage: dict[str, Any]) -> PipelineSpec:
         """The ``pipeline.json`` of an export of a model with ``config``; ``lineage`` is its source."""
@@ -43,7 +46,12 @@ class PipelineParts:
         if self.t5 is not None and self.qwen is not None:
             text = TextEncoderSpec(self.t5, self.qwen, self.transcript, self.text_max_length, self.text_dtype)
         return PipelineSpec(
-            self.video_codec, self.audio_codec, config.timeline.fps, text_encoders=text, source=lineage
+            self.video_codec,
+            self.audio_codec,
+            config.timeline.fps,
+            text_encoders=text,
+            sampling=SamplingDefaults(shift=self.shift),
+            source=lineage,
         )
 
 

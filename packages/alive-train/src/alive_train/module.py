@@ -72,10 +72,17 @@ def joint_config(model: ModelConfig) -> JointConfig:
 
 
 def pipeline_parts(config: StageConfig) -> PipelineParts:
-    """The codecs and caption encoders an export of this stage is served with."""
+    """The codecs, caption encoders and sampling shift an export of this stage is served with."""
     t = config.text
     return PipelineParts(
-        config.codecs.video, config.codecs.audio, t.t5, t.qwen, t.transcript, t.max_length, t.dtype
+        config.codecs.video,
+        config.codecs.audio,
+        t.t5,
+        t.qwen,
+        t.transcript,
+        t.max_length,
+        t.dtype,
+        config.flow.shift,
     )
 
 
