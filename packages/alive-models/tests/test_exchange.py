@@ -7,29 +7,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from alive_models import JointAVDiT, build_model, get_preset
+from alive_models import build_model, get_preset
 from alive_models.config import FusionConfig
 from alive_models.fusion import tower_pairing
-from alive_models.testing import random_inputs, randomize_zero_inits
-
-
-def call_order(model: JointAVDiT, inputs) -> list[str]:
-    """Names of the blocks and exchange modules in the order one forward runs them."""
-    order, handles = [], []
-    named = {
-        "v": list(model.video.dual_blocks) + list(model.video.single_blocks),
-        "a": list(model.audio.blocks),
-        "v<-a": list(model.fusion.video_from_audio),
-        "a<-v": list(model.fusion.audio_from_video),
-    }
-    for prefix, modules in named.items():
-        for i, m in enumerate(modules):
-            handles.append(m.register_forward_pre_hook(lambda *_, n=f"{prefix}{i}": order.append(n)))
-    with torch.no_grad():
-        model(inputs)
-    for h in handles:
-        h.remove()
-    return order
+from alive_models.testing import call_order, random_inputs, randomize_zero_inits
 
 
 def test_default_pairing_runs_the_audio_tower_beside_the_dual_stream_blocks(tiny_config, tiny_model, inputs):

@@ -12,7 +12,7 @@ from alive_models.fusion import TASK_ROUTES, ExchangeRoutes, tarp_layout, tarp_w
 from alive_models.fusion.routes import ALL_ON
 from alive_models.geometry import unitemp_video_positions
 from alive_models.summary import parameter_summary
-from alive_models.testing import random_inputs, randomize_zero_inits
+from alive_models.testing import call_order, random_inputs, randomize_zero_inits
 
 KINDS = ["tiny", "tiny-ccl", "tiny-unitalking"]
 
@@ -260,20 +260,7 @@ def test_padded_audio_latents_do_not_matter(preset):
 
 def test_ccl_places_one_module_after_every_block_of_each_tower():
     model, inputs = model_and_inputs("tiny-ccl")
-    order, handles = [], []
-    named = {
-        "v": [*model.video.dual_blocks, *model.video.single_blocks],
-        "a": list(model.audio.blocks),
-        "v<-a": list(model.fusion.video_from_audio),
-        "a<-v": list(model.fusion.audio_from_video),
-    }
-    for prefix, modules in named.items():
-        for i, m in enumerate(modules):
-            handles.append(m.register_forward_pre_hook(lambda *_, n=f"{prefix}{i}": order.append(n)))
-    with torch.no_grad():
-        model(inputs)
-    for h in handles:
-        h.remove()
+    order = call_order(model, inputs)
     assert order == [
         *("v0", "a0", "a<-v0", "a1", "a<-v1", "v<-a0"),
         *("v1", "a2", "a<-v2", "v<-a1"),

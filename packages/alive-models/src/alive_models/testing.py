@@ -58,6 +58,25 @@ def random_inputs(
     )
 
 
+def call_order(model: torch.nn.Module, inputs: JointInputs) -> list[str]:
+    """Names of the blocks and exchange modules in the order one forward runs them."""
+    order, handles = [], []
+    named = {
+        "v": list(model.video.dual_blocks) + list(model.video.single_blocks),
+        "a": list(model.audio.blocks),
+        "v<-a": list(model.fusion.video_from_audio),
+        "a<-v": list(model.fusion.audio_from_video),
+    }
+    for prefix, modules in named.items():
+        for i, m in enumerate(modules):
+            handles.append(m.register_forward_pre_hook(lambda *_, n=f"{prefix}{i}": order.append(n)))
+    with torch.no_grad():
+        model(inputs)
+    for h in handles:
+        h.remove()
+    return order
+
+
 def randomize_zero_inits(model: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> None:
     """Give zero-initialised parameters (AdaLN-Zero gates, heads, fusion gates) random values, so a
     freshly built model exercises every path as a trained one would."""
