@@ -179,6 +179,11 @@ class StageModule(L.LightningModule):
             if p.requires_grad and not canonical_name(n).startswith(prefixes)
         ]
 
+    def weights_in_use(self, weights: Literal["ema", "model"]) -> contextlib.AbstractContextManager:
+        """A context with the EMA weights swapped into the model (``"ema"``, when the run keeps an
+        EMA) or the model's own weights (``"model"``): what validation, evaluation and export run on."""
+        return self.ema.swapped() if weights == "ema" and self.ema is not None else contextlib.nullcontext()
+
     def sharded_extra_state(self) -> dict[str, dict[str, Tensor]]:
         """Tensors saved and loaded with the model's shards (the strategy reads this)."""
         return {"ema": self.ema.state_dict()} if self.ema is not None else {}
@@ -405,8 +410,7 @@ class StageModule(L.LightningModule):
         v = self.config.validation
         prompts = validation.prompts(v.num_clips, v.seed, self.world)
         share = validation.my_share(v.num_clips, self.global_rank, self.trainer.world_size)
-        swap = self.ema.swapped() if v.weights == "ema" and self.ema is not None else contextlib.nullcontext()
-        with swap:
+        with self.weights_in_use(v.weights):
             made = [self.validation_clip(prompts[i or 0], i or 0) for i in share]
         clips = validation.gather_clips([clip for clip, i in zip(made, share, strict=True) if i is not None])
         if not self.trainer.is_global_zero:
@@ -441,12 +445,7 @@ class StageModule(L.LightningModule):
     def log_fixed_batch_loss(self, when: str) -> dict[str, float]:
         """Evaluate with the weights the stage exports (at step 0: the ones it starts from), log to
         MLflow at the current step and print one line."""
-        swap = (
-            self.ema.swapped()
-            if self.config.export.weights == "ema" and self.ema is not None
-            else contextlib.nullcontext()
-        )
-        with swap:
+        with self.weights_in_use(self.config.export.weights):
             metrics = self.fixed_batch_loss()
         if self.trainer.is_global_zero:
             if self.logger is not None:

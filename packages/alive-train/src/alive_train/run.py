@@ -94,8 +94,6 @@ def build_trainer(config: StageConfig, checkpointing: Checkpointing) -> L.Traine
 
 def export_trained(module: StageModule, config: StageConfig, checkpoint: Path) -> Path:
     """Export the trained (sharded) model as it is after the final save: every rank calls this."""
-    import contextlib
-
     from alive_train.checkpoint import read_info
 
     weights = config.export.weights
@@ -104,8 +102,7 @@ def export_trained(module: StageModule, config: StageConfig, checkpoint: Path) -
     info = read_info(checkpoint) if rank_zero_only.rank == 0 else {}
     lineage = lineage_of(info, checkpoint.resolve(), weights, config.export.dtype)
     spec = pipeline_parts(config).spec(module.joint_config, lineage)
-    swap = module.ema.swapped() if weights == "ema" else contextlib.nullcontext()
-    with swap:
+    with module.weights_in_use(weights):
         export_model(module.model, config.export.dir, spec, getattr(torch, config.export.dtype))
     return Path(config.export.dir)
 
